@@ -1,0 +1,1 @@
+"""Inventory, waves, migration runs and decommission tracking live here."""

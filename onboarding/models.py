@@ -1,0 +1,1 @@
+"""Mailbox requests, approval stages and provisioning runs live here."""

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractUser
+from django.db import models
+
+from .roles import PERMISSIONS, ROLE_GROUP_NAMES, Role
+
+
+class User(AbstractUser):
+    """A member of staff. Local password or, later, Entra ID sign-in."""
+
+    entra_object_id = models.CharField(
+        max_length=64, blank=True, default="", help_text="Entra ID object id, when signed in that way."
+    )
+
+    class Meta:
+        ordering = ["username"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["entra_object_id"],
+                condition=~models.Q(entra_object_id=""),
+                name="accounts_user_unique_entra_object_id",
+            )
+        ]
+
+    @property
+    def display_name(self) -> str:
+        return self.get_full_name() or self.username
+
+    def roles(self) -> list[Role]:
+        """Roles held, in the order of :class:`Role`. Uses the prefetched groups when present."""
+        names = {group.name for group in self.groups.all()}
+        return [role for role in Role if ROLE_GROUP_NAMES[role] in names]
+
+
+class PortalAccess(models.Model):
+    """Holder of the portal's permissions; it has no table and no rows."""
+
+    class Meta:
+        managed = False
+        default_permissions = ()
+        permissions = [(spec.codename, spec.name) for spec in PERMISSIONS]
+
+    def __str__(self) -> str:
+        return "Portal access"

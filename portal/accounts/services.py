@@ -1,0 +1,128 @@
+"""Sign-in, sign-out and the demo accounts; each change lands in the audit trail."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.contrib.auth import authenticate, login, logout
+from django.contrib.auth.models import Group, Permission
+from django.contrib.contenttypes.models import ContentType
+from django.db import transaction
+from django.http import HttpRequest
+
+from portal.audit.models import Outcome
+from portal.audit.services import audit_record
+from portal.exceptions import PortalError
+
+from .models import User
+from .roles import ROLE_GROUP_NAMES, Role, sync_role_groups
+
+SIGN_IN_FAILED = "Enter a correct username and password. Both are case-sensitive."
+
+
+class SignInError(PortalError):
+    pass
+
+
+def session_sign_in(*, request: HttpRequest, username: str, password: str) -> User:
+    user = authenticate(request, username=username, password=password)
+    with transaction.atomic():
+        if user is None:
+            audit_record(
+                actor=None,
+                actor_name="Anonymous",
+                action="auth.sign_in",
+                object_type="user",
+                object_id=username[:100],
+                outcome=Outcome.FAILURE,
+                reason="username or password not recognised",
+            )
+        else:
+            login(request, user)
+            audit_record(actor=user, action="auth.sign_in", object_type="user", object_id=user.pk)
+    if user is None:
+        # Raised after the transaction so the failed attempt stays recorded.
+        raise SignInError(SIGN_IN_FAILED)
+    return user
+
+
+def session_sign_out(*, request: HttpRequest) -> None:
+    user = request.user
+    with transaction.atomic():
+        if user.is_authenticated:
+            audit_record(actor=user, action="auth.sign_out", object_type="user", object_id=user.pk)
+        logout(request)
+
+
+def roles_sync() -> None:
+    """Make sure every role's group exists with exactly its permissions (idempotent)."""
+    with transaction.atomic():
+        sync_role_groups(group_model=Group, permission_model=Permission, content_type_model=ContentType)
+
+
+@dataclass(frozen=True)
+class DemoPerson:
+    username: str
+    first_name: str
+    last_name: str
+    roles: tuple[Role, ...]
+
+
+DEMO_PEOPLE: tuple[DemoPerson, ...] = (
+    DemoPerson("requester", "Riya", "Patel", (Role.REQUESTER,)),
+    DemoPerson("approver", "Owen", "Hughes", (Role.REQUESTER, Role.APPROVER)),
+    DemoPerson("admin", "Grace", "Okafor", (Role.PLATFORM_ADMIN,)),
+    DemoPerson("migration", "Tom", "Fletcher", (Role.MIGRATION_LEAD,)),
+    DemoPerson("auditor", "Aisha", "Khan", (Role.AUDITOR,)),
+    DemoPerson("outsider", "Sam", "Doyle", ()),
+)
+
+
+def user_roles_set(*, actor: User | None, user: User, roles: tuple[Role, ...] | list[Role]) -> None:
+    """Make ``user`` hold exactly ``roles``; the change is audited with before and after."""
+    with transaction.atomic():
+        locked = User.objects.select_for_update().get(pk=user.pk)
+        before = sorted(role.value for role in locked.roles())
+        groups = list(Group.objects.filter(name__in=[ROLE_GROUP_NAMES[role] for role in roles]))
+        locked.groups.set(groups)
+        after = sorted(Role(role).value for role in roles)
+        if before != after:
+            audit_record(
+                actor=actor,
+                action="account.roles_changed",
+                object_type="user",
+                object_id=user.pk,
+                before={"roles": before},
+                after={"roles": after},
+            )
+
+
+def demo_accounts_seed(*, password: str) -> list[tuple[User, bool]]:
+    """Create (or reset) one demo account per role and an outsider with no role."""
+    results = []
+    with transaction.atomic():
+        roles_sync()
+        for person in DEMO_PEOPLE:
+            user, created = User.objects.get_or_create(
+                username=person.username,
+                defaults={
+                    "first_name": person.first_name,
+                    "last_name": person.last_name,
+                    "email": f"{person.username}@example.gov.uk",
+                },
+            )
+            user.set_password(password)
+            user.is_active = True
+            user.save(update_fields=["password", "is_active"])
+            if created:
+                audit_record(
+                    actor=None,
+                    actor_name="System (demo seed)",
+                    action="account.created",
+                    object_type="user",
+                    object_id=user.pk,
+                    after={"username": user.username, "name": user.get_full_name()},
+                )
+            user_roles_set(actor=None, user=user, roles=person.roles)
+            results.append((user, created))
+    return results

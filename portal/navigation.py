@@ -1,0 +1,51 @@
+"""The service navigation: which sections a person sees depends on their permissions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.http import HttpRequest
+from django.urls import reverse
+
+from portal.accounts.roles import perm
+
+
+@dataclass(frozen=True)
+class Section:
+    label: str
+    url_name: str
+    permission: str | None  # None: every signed-in person
+    exact: bool = False
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section("Home", "home", None, exact=True),
+    Section("Requests", "onboarding:requests", "submit_mailbox_requests"),
+    Section("Approvals", "onboarding:approvals", "decide_approvals"),
+    Section("Platform", "platform", "administer_platform"),
+    Section("Migration", "migration:dashboard", "lead_migration"),
+    Section("Audit", "audit:events", "view_audit_trail"),
+)
+
+
+@dataclass(frozen=True)
+class NavItem:
+    label: str
+    url: str
+    active: bool
+    current: bool
+
+
+def navigation_for(request: HttpRequest) -> list[NavItem]:
+    user = request.user
+    if not user.is_authenticated:
+        return []
+    items = []
+    for section in SECTIONS:
+        if section.permission and not user.has_perm(perm(section.permission)):
+            continue
+        url = reverse(section.url_name)
+        current = request.path == url
+        active = current or (not section.exact and request.path.startswith(url))
+        items.append(NavItem(section.label, url, active, current))
+    return items
