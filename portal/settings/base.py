@@ -160,3 +160,10 @@ LOGGING = {
 
 # Shown under the service name in the header, e.g. "Department for Example".
 ORGANISATION_NAME = env.str("ORGANISATION_NAME", default="")
+
+# --- Microsoft 365 (Dataverse, Graph, Exchange Online admin) -----------------------------
+# Off unless M365_TENANT_ID is set; `make run` points it at the tenant simulator.
+from portal.m365.config import load_entra_signin_config, load_m365_config  # noqa: E402
+
+M365 = load_m365_config()
+ENTRA_SIGNIN = load_entra_signin_config()

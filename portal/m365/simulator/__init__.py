@@ -1,0 +1,1 @@
+"""The tenant simulator: Microsoft 365 surfaces served locally over HTTPS (see docs/simulator.md)."""
