@@ -18,6 +18,10 @@ from .models import User
 from .roles import ROLE_GROUP_NAMES, Role, sync_role_groups
 
 SIGN_IN_FAILED = "Enter a correct username and password. Both are case-sensitive."
+# How the person signed in ("entra"); absent for local accounts.
+SIGN_IN_METHOD_SESSION_KEY = "sign_in_method"
+# The same, carried over sign-out so the signed-out page can offer to end the Microsoft session too.
+SIGNED_OUT_METHOD_SESSION_KEY = "signed_out_method"
 
 
 class SignInError(PortalError):
@@ -48,10 +52,13 @@ def session_sign_in(*, request: HttpRequest, username: str, password: str) -> Us
 
 def session_sign_out(*, request: HttpRequest) -> None:
     user = request.user
+    method = request.session.get(SIGN_IN_METHOD_SESSION_KEY, "")
     with transaction.atomic():
         if user.is_authenticated:
             audit_record(actor=user, action="auth.sign_out", object_type="user", object_id=user.pk)
         logout(request)
+    if method and user.is_authenticated:
+        request.session[SIGNED_OUT_METHOD_SESSION_KEY] = method
 
 
 def roles_sync() -> None:
@@ -78,7 +85,9 @@ DEMO_PEOPLE: tuple[DemoPerson, ...] = (
 )
 
 
-def user_roles_set(*, actor: User | None, user: User, roles: tuple[Role, ...] | list[Role]) -> None:
+def user_roles_set(
+    *, actor: User | None, user: User, roles: tuple[Role, ...] | list[Role], actor_name: str | None = None
+) -> None:
     """Make ``user`` hold exactly ``roles``; the change is audited with before and after."""
     with transaction.atomic():
         locked = User.objects.select_for_update().get(pk=user.pk)
@@ -89,6 +98,7 @@ def user_roles_set(*, actor: User | None, user: User, roles: tuple[Role, ...] | 
         if before != after:
             audit_record(
                 actor=actor,
+                actor_name=actor_name,
                 action="account.roles_changed",
                 object_type="user",
                 object_id=user.pk,

@@ -53,6 +53,16 @@ class M365Config:
     exchange_admin_url: str = "https://outlook.office365.com"
     ca_bundle: str = ""
     timeout_seconds: float = 30.0
+    # Rate budgets (portal/m365/budget.py). Dataverse counts service protection limits per
+    # application user over a sliding window; the defaults sit just below Microsoft's documented
+    # 6,000 requests, 1,200 s of execution time and 52 concurrent requests per 300 s, so the
+    # portal paces itself instead of collecting 429s. Graph allows 4 concurrent requests per app
+    # per mailbox.
+    dataverse_max_requests_per_window: int = 5800
+    dataverse_window_seconds: int = 300
+    dataverse_max_concurrent: int = 48
+    dataverse_max_execution_seconds: int = 1100
+    graph_max_concurrent_per_mailbox: int = 4
 
     @property
     def authority(self) -> str:
@@ -136,6 +146,15 @@ def load_m365_config(environ: Mapping[str, str] | None = None) -> M365Config:
         exchange_admin_url=_https(env, "EXCHANGE_ADMIN_URL", "https://outlook.office365.com"),
         ca_bundle=ca_bundle,
         timeout_seconds=float(env.int("M365_TIMEOUT_SECONDS", default=30, minimum=1, maximum=300)),
+        dataverse_max_requests_per_window=env.int(
+            "DATAVERSE_MAX_REQUESTS_PER_WINDOW", default=5800, minimum=1, maximum=6000
+        ),
+        dataverse_window_seconds=env.int("DATAVERSE_WINDOW_SECONDS", default=300, minimum=1, maximum=3600),
+        dataverse_max_concurrent=env.int("DATAVERSE_MAX_CONCURRENT", default=48, minimum=1, maximum=52),
+        dataverse_max_execution_seconds=env.int(
+            "DATAVERSE_MAX_EXECUTION_SECONDS", default=1100, minimum=1, maximum=1200
+        ),
+        graph_max_concurrent_per_mailbox=env.int("GRAPH_MAX_CONCURRENT_PER_MAILBOX", default=4, minimum=1, maximum=4),
     )
 
 

@@ -14,11 +14,13 @@ import datetime as dt
 import heapq
 import itertools
 import json
+import random
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +35,25 @@ def odata_timestamp(value: dt.datetime | None = None) -> str:
     return (value or utcnow()).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_guid_source: ContextVar[random.Random | None] = ContextVar("guid_source", default=None)
+
+
 def new_guid() -> str:
-    return str(uuid.uuid4())
+    """A new record id; reproducible inside :func:`deterministic_guids` (seeding)."""
+    rng = _guid_source.get()
+    if rng is None:
+        return str(uuid.uuid4())
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+@contextmanager
+def deterministic_guids(rng: random.Random) -> Iterator[None]:
+    """Make every id created in this context come from ``rng``, so a seed rebuilds the same ids."""
+    token = _guid_source.set(rng)
+    try:
+        yield
+    finally:
+        _guid_source.reset(token)
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,14 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
         parser.add_argument("--web-workers", type=int, default=2)
         parser.add_argument("--no-seed", action="store_true", help="Do not create the demo accounts.")
+        parser.add_argument(
+            "--sim-port",
+            type=int,
+            default=int(os.environ.get("M365SIM_PORT", "8444")),
+            help="Port of the tenant simulator started when M365_TENANT_ID is not set.",
+        )
 
-    def handle(self, *args, host: str, port: int, web_workers: int, no_seed: bool, **options):
+    def handle(self, *args, host: str, port: int, web_workers: int, no_seed: bool, sim_port: int, **options):
         self.children: list[tuple[str, subprocess.Popen]] = []
         self.stopping = False
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -49,6 +55,10 @@ class Command(BaseCommand):
                 self._start_embedded_redis()
             else:
                 self._wait_for_redis(settings.REDIS_URL, timeout=5)
+            if "M365_TENANT_ID" not in os.environ:
+                env.update(self._start_simulator(sim_port, env))
+            else:
+                self.stdout.write("Using the Microsoft 365 tenant configured by M365_TENANT_ID")
             self._run_step("Applying database migrations", [sys.executable, MANAGE, "migrate", "--noinput"], env)
             url = f"http://{host}:{port}"
             if not no_seed:
@@ -139,6 +149,32 @@ class Command(BaseCommand):
             self._check_children()
             time.sleep(0.1)
         raise CommandError(f"Redis did not answer at {url} within {timeout:.0f} s.")
+
+    # -- tenant simulator --------------------------------------------------------------
+
+    def _start_simulator(self, port: int, env: dict[str, str]) -> dict[str, str]:
+        """Start the tenant simulator and return the environment it prints for the portal."""
+        state_dir = Path(settings.VAR_DIR) / "m365sim"
+        env_file = state_dir / "portal.env"
+        env_file.unlink(missing_ok=True)
+        self.stdout.write(f"Starting the Microsoft 365 tenant simulator on https://127.0.0.1:{port}")
+        self._spawn(
+            "tenant simulator",
+            [sys.executable, MANAGE, "m365sim", "--port", str(port), "--state-dir", str(state_dir), "--seed", "demo"],
+            env,
+        )
+        deadline = time.monotonic() + 120
+        while not env_file.exists():
+            if time.monotonic() > deadline:
+                raise CommandError("The tenant simulator did not start within 120 s.")
+            self._check_children()
+            time.sleep(0.2)
+        values = {}
+        for line in env_file.read_text().splitlines():
+            if line and not line.startswith("#") and "=" in line:
+                key, _, value = line.partition("=")
+                values[key] = value
+        return values
 
     # -- child processes -------------------------------------------------------------
 

@@ -1,0 +1,491 @@
+"""Rate budgets towards Microsoft, shared by every worker through Redis.
+
+Dataverse enforces service protection limits per application user over a sliding 300 s window
+(6,000 requests, 1,200 s of combined execution time, 52 concurrent requests) and answers 429 with
+``Retry-After`` when one is exceeded, extending the wait for a client that keeps pushing. Graph
+allows 4 concurrent requests per application per mailbox. Rather than bounce off those limits,
+every call first takes a lease from the budget of its application user:
+
+* a sorted set of request timestamps is the sliding window;
+* a sorted set of leases with expiry times is the concurrency limit (a killed worker's lease
+  expires by itself instead of holding the slot for ever);
+* a sorted set of finished requests and their durations is the execution-time window;
+* ``blocked_until`` records a 429's ``Retry-After`` so *every* worker waits it out, not only
+  the one that received it.
+
+Each check-and-take is one Lua script, so it is atomic across workers. Time comes from the Redis
+server (one clock for every worker) unless a clock is injected. Each application registration has
+its own budget, so adding registrations raises throughput.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+import redis
+from django.conf import settings
+
+from portal.m365.config import M365Config
+from portal.m365.errors import TransientError
+
+logger = logging.getLogger("portal.m365")
+
+DEFAULT_PREFIX = "portal:m365:budget"
+# Graph's Outlook limit per app per mailbox: 10,000 requests in 10 minutes; kept a little below.
+GRAPH_MAILBOX_REQUESTS_PER_WINDOW = 9500
+GRAPH_MAILBOX_WINDOW_SECONDS = 600
+
+
+class BudgetExhaustedError(TransientError):
+    """The portal's own budget had no room within the wait allowed; try the step again later.
+
+    Raised before anything is sent, so it is always safe to retry. It has already waited, so
+    the client does not retry it again; ``retry_after`` says when room is expected.
+    """
+
+    retry_inside_client = False
+
+
+@dataclass(frozen=True)
+class BudgetLimits:
+    """The limits one budget key lives under. ``0`` switches a facet off."""
+
+    max_concurrent: int
+    max_requests: int = 0
+    window_seconds: float = 300.0
+    max_execution_seconds: float = 0.0
+    lease_seconds: float = 120.0
+
+
+_PRELUDE = """
+local function now_ms(arg)
+  local given = tonumber(arg)
+  if given >= 0 then return given end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function extend(key, ms)
+  local current = redis.call('PTTL', key)
+  if current < ms then redis.call('PEXPIRE', key, ms) end
+end
+
+-- Drop finished requests that left the window and take their durations off the running total.
+local function prune_execution(exec_key, state_key, cutoff)
+  local expired = redis.call('ZRANGEBYSCORE', exec_key, '-inf', cutoff)
+  if #expired > 0 then
+    local spent = 0
+    for _, member in ipairs(expired) do
+      spent = spent + tonumber(string.match(member, ':(%d+)$'))
+    end
+    redis.call('ZREMRANGEBYSCORE', exec_key, '-inf', cutoff)
+    redis.call('HINCRBY', state_key, 'exec_ms', -spent)
+  end
+  if redis.call('ZCARD', exec_key) == 0 then
+    redis.call('HSET', state_key, 'exec_ms', 0)
+    return 0
+  end
+  return math.max(0, tonumber(redis.call('HGET', state_key, 'exec_ms') or '0'))
+end
+"""
+
+# KEYS: window, leases, execution, state
+# ARGV: now_ms (-1: Redis clock), window_ms, max_requests, max_concurrent, lease_ms, max_exec_ms,
+#       lease_id, poll_ms
+# Returns {1, now} when granted, else {0, wait_ms, reason}.
+_ACQUIRE = (
+    _PRELUDE
+    + """
+local window_key, lease_key, exec_key, state_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now = now_ms(ARGV[1])
+local window_ms = tonumber(ARGV[2])
+local max_requests = tonumber(ARGV[3])
+local max_concurrent = tonumber(ARGV[4])
+local lease_ms = tonumber(ARGV[5])
+local max_exec_ms = tonumber(ARGV[6])
+local lease_id = ARGV[7]
+local poll_ms = tonumber(ARGV[8])
+local ttl_ms = window_ms + lease_ms + 60000
+
+local blocked_until = tonumber(redis.call('HGET', state_key, 'blocked_until') or '0')
+if blocked_until > now then
+  return {0, blocked_until - now, 'blocked'}
+end
+
+if max_requests > 0 then
+  redis.call('ZREMRANGEBYSCORE', window_key, '-inf', now - window_ms)
+  local count = redis.call('ZCARD', window_key)
+  if count >= max_requests then
+    -- Room returns once the oldest (count - max + 1) requests have left the window.
+    local edge = redis.call('ZRANGE', window_key, count - max_requests, count - max_requests, 'WITHSCORES')
+    return {0, math.max(1, tonumber(edge[2]) + window_ms - now), 'window'}
+  end
+end
+
+if max_exec_ms > 0 then
+  local used = prune_execution(exec_key, state_key, now - window_ms)
+  if used >= max_exec_ms then
+    local oldest = redis.call('ZRANGE', exec_key, 0, 0, 'WITHSCORES')
+    return {0, math.max(1, tonumber(oldest[2]) + window_ms - now), 'execution'}
+  end
+end
+
+redis.call('ZREMRANGEBYSCORE', lease_key, '-inf', now)
+if redis.call('ZCARD', lease_key) >= max_concurrent then
+  local first = redis.call('ZRANGE', lease_key, 0, 0, 'WITHSCORES')
+  return {0, math.max(1, math.min(poll_ms, tonumber(first[2]) - now)), 'concurrency'}
+end
+
+redis.call('ZADD', lease_key, now + lease_ms, lease_id)
+if max_requests > 0 then
+  redis.call('ZADD', window_key, now, lease_id)
+end
+for _, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then extend(key, ttl_ms) end
+end
+return {1, now}
+"""
+)
+
+# KEYS: leases, execution, state.  ARGV: now_ms, lease_id, duration_ms, track_execution (0/1), ttl_ms
+_RELEASE = (
+    _PRELUDE
+    + """
+local now = now_ms(ARGV[1])
+local removed = redis.call('ZREM', KEYS[1], ARGV[2])
+if tonumber(ARGV[4]) == 1 then
+  redis.call('ZADD', KEYS[2], now, ARGV[2] .. ':' .. ARGV[3])
+  redis.call('HINCRBY', KEYS[3], 'exec_ms', tonumber(ARGV[3]))
+  extend(KEYS[2], tonumber(ARGV[5]))
+  extend(KEYS[3], tonumber(ARGV[5]))
+end
+return removed
+"""
+)
+
+# KEYS: state.  ARGV: now_ms, block_ms, ttl_ms.  Returns the milliseconds still blocked.
+_BLOCK = (
+    _PRELUDE
+    + """
+local now = now_ms(ARGV[1])
+local block_ms = tonumber(ARGV[2])
+local current = tonumber(redis.call('HGET', KEYS[1], 'blocked_until') or '0')
+local wanted = now + block_ms
+if wanted > current then
+  redis.call('HSET', KEYS[1], 'blocked_until', wanted)
+  current = wanted
+end
+extend(KEYS[1], block_ms + tonumber(ARGV[3]))
+return current - now
+"""
+)
+
+# KEYS: window, leases, execution, state.  ARGV: now_ms, window_ms, max_requests, max_concurrent, max_exec_ms
+# Returns room in thousandths (0 = none, 1000 = idle) and the milliseconds still blocked.
+_ROOM = (
+    _PRELUDE
+    + """
+local window_key, lease_key, exec_key, state_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now = now_ms(ARGV[1])
+local window_ms = tonumber(ARGV[2])
+local max_requests = tonumber(ARGV[3])
+local max_concurrent = tonumber(ARGV[4])
+local max_exec_ms = tonumber(ARGV[5])
+local blocked_until = tonumber(redis.call('HGET', state_key, 'blocked_until') or '0')
+if blocked_until > now then
+  return {0, blocked_until - now}
+end
+local room = 1000
+if max_requests > 0 then
+  redis.call('ZREMRANGEBYSCORE', window_key, '-inf', now - window_ms)
+  local count = redis.call('ZCARD', window_key)
+  room = math.min(room, math.floor(1000 * (max_requests - count) / max_requests))
+end
+if max_exec_ms > 0 then
+  local used = prune_execution(exec_key, state_key, now - window_ms)
+  room = math.min(room, math.floor(1000 * (max_exec_ms - used) / max_exec_ms))
+end
+redis.call('ZREMRANGEBYSCORE', lease_key, '-inf', now)
+local active = redis.call('ZCARD', lease_key)
+room = math.min(room, math.floor(1000 * (max_concurrent - active) / max_concurrent))
+return {math.max(0, room), 0}
+"""
+)
+
+
+class Lease:
+    """One request's place in a budget; release it when the call is over (or use ``with``)."""
+
+    def __init__(self, *, budget: RateBudget, key: str, lease_id: str) -> None:
+        self._budget = budget
+        self.key = key
+        self.lease_id = lease_id
+        self._started = time.monotonic()
+        self._released = False
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._budget._release(self, duration_seconds=time.monotonic() - self._started)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+class RateBudget:
+    """A budget per key (an application user, or an app and a mailbox), shared through Redis."""
+
+    def __init__(
+        self,
+        *,
+        redis_client: redis.Redis,
+        limits: BudgetLimits,
+        service: str,
+        prefix: str = DEFAULT_PREFIX,
+        max_wait_seconds: float = 30.0,
+        poll_seconds: float = 0.05,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """``clock`` (epoch seconds) replaces the Redis server's clock, e.g. for tests; ``sleep`` likewise."""
+        if limits.max_concurrent < 1:
+            raise ValueError("A budget needs room for at least one concurrent request.")
+        self.limits = limits
+        self.service = service
+        self._redis = redis_client
+        self._prefix = prefix
+        self._max_wait = max_wait_seconds
+        self._poll_ms = max(1, round(poll_seconds * 1000))
+        self._clock = clock
+        self._sleep = sleep
+        self._acquire_script = redis_client.register_script(_ACQUIRE)
+        self._release_script = redis_client.register_script(_RELEASE)
+        self._block_script = redis_client.register_script(_BLOCK)
+        self._room_script = redis_client.register_script(_ROOM)
+
+    # --- public ------------------------------------------------------------------------
+
+    def acquire(self, key: str) -> Lease:
+        """Wait until ``key`` has room in the window and a free concurrency slot, then take one.
+
+        Waits at most ``max_wait_seconds``; when the wait needed is longer (a long
+        ``Retry-After``, a full window) it raises :class:`BudgetExhaustedError` at once with
+        ``retry_after`` set, so the job can reschedule instead of holding a worker.
+        """
+        lease_id = uuid.uuid4().hex
+        deadline = self._monotonic() + self._max_wait
+        while True:
+            result = self._run(
+                self._acquire_script,
+                keys=self._keys(key),
+                args=[
+                    self._now_ms(),
+                    self._ms(self.limits.window_seconds),
+                    self.limits.max_requests,
+                    self.limits.max_concurrent,
+                    self._ms(self.limits.lease_seconds),
+                    self._ms(self.limits.max_execution_seconds),
+                    lease_id,
+                    self._poll_ms,
+                ],
+            )
+            if int(result[0]) == 1:
+                return Lease(budget=self, key=key, lease_id=lease_id)
+            wait = int(result[1]) / 1000
+            reason = result[2].decode() if isinstance(result[2], bytes) else str(result[2])
+            remaining = deadline - self._monotonic()
+            if reason != "concurrency" and wait > remaining:
+                raise self._exhausted(key, reason=reason, wait=wait)
+            if remaining <= 0:
+                raise self._exhausted(key, reason=reason, wait=wait)
+            self._sleep(min(wait, remaining))
+
+    def block(self, key: str, *, seconds: float) -> float:
+        """Make every worker wait ``seconds`` before the next request for ``key`` (after a 429).
+
+        Never shortens a block already recorded. Returns the seconds now blocked.
+        """
+        state_key = self._keys(key)[3]
+        ttl_ms = self._ms(self.limits.window_seconds + self.limits.lease_seconds) + 60000
+        blocked_ms = self._run(self._block_script, keys=[state_key], args=[self._now_ms(), self._ms(seconds), ttl_ms])
+        logger.warning("service=%s budget=%s blocked_for=%.1fs after a 429", self.service, key, seconds)
+        return int(blocked_ms) / 1000
+
+    def blocked_for(self, key: str) -> float:
+        """Seconds until ``key`` may send again after a 429 (0 when not blocked)."""
+        return self.standing(key)[1]
+
+    def room(self, key: str) -> float:
+        """How much of ``key``'s tightest facet is free right now: 0 (none, or blocked) to 1 (idle)."""
+        return self.standing(key)[0]
+
+    def standing(self, key: str) -> tuple[float, float]:
+        """``(room, blocked_for)`` in one round trip, for choosing between application users."""
+        result = self._run(
+            self._room_script,
+            keys=self._keys(key),
+            args=[
+                self._now_ms(),
+                self._ms(self.limits.window_seconds),
+                self.limits.max_requests,
+                self.limits.max_concurrent,
+                self._ms(self.limits.max_execution_seconds),
+            ],
+        )
+        return int(result[0]) / 1000, int(result[1]) / 1000
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _release(self, lease: Lease, *, duration_seconds: float) -> None:
+        keys = self._keys(lease.key)
+        track = 1 if self.limits.max_execution_seconds > 0 else 0
+        ttl_ms = self._ms(self.limits.window_seconds + self.limits.lease_seconds) + 60000
+        try:
+            self._run(
+                self._release_script,
+                keys=[keys[1], keys[2], keys[3]],
+                args=[self._now_ms(), lease.lease_id, max(1, self._ms(duration_seconds)), track, ttl_ms],
+            )
+        except TransientError:
+            # The call itself is over and its outcome must reach the caller; the lease
+            # expires by itself after lease_seconds, so the slot is not lost for ever.
+            logger.warning(
+                "service=%s budget=%s could not release lease %s; it expires in %.0fs",
+                self.service,
+                lease.key,
+                lease.lease_id,
+                self.limits.lease_seconds,
+                exc_info=True,
+            )
+
+    def _keys(self, key: str) -> list[str]:
+        # The hash tag keeps one key's structures in one slot, so the scripts also run on a cluster.
+        base = f"{self._prefix}:{self.service}:{{{key}}}"
+        return [f"{base}:window", f"{base}:leases", f"{base}:exec", f"{base}:state"]
+
+    def _run(self, script, *, keys: list[str], args: list[object]):  # type: ignore[no-untyped-def]
+        try:
+            return script(keys=keys, args=args)
+        except redis.RedisError as exc:
+            raise TransientError(
+                message=f"Redis, which holds the shared rate budget, did not answer ({exc.__class__.__name__}).",
+                code="budget_unavailable",
+                service=self.service,
+            ) from exc
+
+    def _exhausted(self, key: str, *, reason: str, wait: float) -> BudgetExhaustedError:
+        explanations = {
+            "blocked": "Microsoft asked this application user to wait (429 Retry-After)",
+            "window": "the request window of this application user is full",
+            "execution": "the execution-time window of this application user is full",
+            "concurrency": "every concurrent slot stayed busy",
+        }
+        return BudgetExhaustedError(
+            message=f"No room in the {self.service} budget for {key}: {explanations.get(reason, reason)}; "
+            f"room expected in {wait:.1f}s.",
+            code=f"budget_{reason}",
+            retry_after=wait,
+            service=self.service,
+        )
+
+    def _now_ms(self) -> int:
+        return -1 if self._clock is None else round(self._clock() * 1000)
+
+    def _monotonic(self) -> float:
+        return time.monotonic() if self._clock is None else self._clock()
+
+    @staticmethod
+    def _ms(seconds: float) -> int:
+        return round(seconds * 1000)
+
+
+class MailboxLimiter:
+    """Graph's per-application, per-mailbox limits (4 concurrent, 10,000 per 10 minutes)."""
+
+    def __init__(self, *, budget: RateBudget) -> None:
+        self.budget = budget
+
+    def acquire(self, *, app_key: str, mailbox: str) -> Lease:
+        return self.budget.acquire(self._key(app_key, mailbox))
+
+    def block(self, *, app_key: str, mailbox: str, seconds: float) -> float:
+        return self.budget.block(self._key(app_key, mailbox), seconds=seconds)
+
+    @staticmethod
+    def _key(app_key: str, mailbox: str) -> str:
+        return f"{app_key}:{mailbox.strip().lower()}"
+
+
+_connections: dict[tuple[int, str], redis.Redis] = {}
+_budgets: dict[tuple[int, str, str, BudgetLimits], RateBudget] = {}
+_shared_lock = threading.Lock()
+
+
+def redis_connection() -> redis.Redis:
+    """The process's Redis connection for budgets (``settings.REDIS_URL``), with explicit timeouts."""
+    url = settings.REDIS_URL
+    key = (os.getpid(), url)
+    with _shared_lock:
+        connection = _connections.get(key)
+        if connection is None:
+            connection = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
+            _connections[key] = connection
+    return connection
+
+
+def dataverse_limits(config: M365Config) -> BudgetLimits:
+    return BudgetLimits(
+        max_concurrent=config.dataverse_max_concurrent,
+        max_requests=config.dataverse_max_requests_per_window,
+        window_seconds=float(config.dataverse_window_seconds),
+        max_execution_seconds=float(config.dataverse_max_execution_seconds),
+        lease_seconds=_lease_seconds(config),
+    )
+
+
+def graph_mailbox_limits(config: M365Config) -> BudgetLimits:
+    return BudgetLimits(
+        max_concurrent=config.graph_max_concurrent_per_mailbox,
+        max_requests=GRAPH_MAILBOX_REQUESTS_PER_WINDOW,
+        window_seconds=float(GRAPH_MAILBOX_WINDOW_SECONDS),
+        lease_seconds=_lease_seconds(config),
+    )
+
+
+def dataverse_budget(config: M365Config) -> RateBudget:
+    """The process's shared Dataverse budget (keys: application user client ids)."""
+    return _shared_budget(service="dataverse", limits=dataverse_limits(config))
+
+
+def graph_mailbox_limiter(config: M365Config) -> MailboxLimiter:
+    return MailboxLimiter(budget=_shared_budget(service="graph", limits=graph_mailbox_limits(config)))
+
+
+def _shared_budget(*, service: str, limits: BudgetLimits) -> RateBudget:
+    connection = redis_connection()
+    key = (os.getpid(), settings.REDIS_URL, service, limits)
+    with _shared_lock:
+        budget = _budgets.get(key)
+        if budget is None:
+            budget = RateBudget(redis_client=connection, limits=limits, service=service)
+            _budgets[key] = budget
+    return budget
+
+
+def _lease_seconds(config: M365Config) -> float:
+    # Long enough for the slowest attempt (connect + read timeouts) with margin; a lease
+    # outliving its worker frees itself after this.
+    return max(60.0, 3 * config.timeout_seconds)

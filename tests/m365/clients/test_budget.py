@@ -1,0 +1,194 @@
+"""The shared rate budget: every worker together stays under Microsoft's limits."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from portal.m365.budget import BudgetExhaustedError, dataverse_limits
+from portal.m365.config import load_m365_config
+from portal.m365.errors import TransientError
+
+APP = "3b0c5a8e-0000-4000-8000-00000000a001"
+OTHER_APP = "3b0c5a8e-0000-4000-8000-00000000a002"
+
+
+def test_the_window_blocks_the_request_over_the_limit_until_the_oldest_leaves(make_budget, fake_time):
+    budget = make_budget(max_requests=3, window_seconds=10)
+    for _ in range(3):
+        budget.acquire(APP).release()
+        fake_time.now += 1  # requests at t, t+1, t+2
+
+    lease = budget.acquire(APP)  # waits for the first request to leave the window
+
+    assert fake_time.sleeps == [pytest.approx(7.0)]
+    lease.release()
+
+
+def test_a_full_window_beyond_the_allowed_wait_fails_at_once_with_when_to_come_back(make_budget, fake_time):
+    budget = make_budget(max_requests=2, window_seconds=300, max_wait_seconds=30)
+    budget.acquire(APP).release()
+    budget.acquire(APP).release()
+
+    with pytest.raises(BudgetExhaustedError) as raised:
+        budget.acquire(APP)
+
+    assert raised.value.is_transient
+    assert raised.value.code == "budget_window"
+    assert raised.value.retry_after == pytest.approx(300.0)
+    assert "request window" in raised.value.message
+    assert fake_time.sleeps == []  # no pointless half-wait
+
+
+def test_the_window_holds_on_the_redis_servers_own_clock(make_budget):
+    budget = make_budget(max_requests=1, window_seconds=30, max_wait_seconds=0, redis_clock=True)
+    budget.acquire(APP).release()
+
+    with pytest.raises(BudgetExhaustedError) as raised:
+        budget.acquire(APP)
+
+    assert 29 < raised.value.retry_after <= 30
+
+
+def test_a_killed_workers_lease_frees_itself_when_it_expires(make_budget, fake_time):
+    budget = make_budget(max_concurrent=1, lease_seconds=2, max_wait_seconds=10)
+    budget.acquire(APP)  # the worker holding it dies without releasing
+
+    lease = budget.acquire(APP)
+
+    assert sum(fake_time.sleeps) == pytest.approx(2.0, abs=0.06)
+    lease.release()
+
+
+def test_a_released_lease_frees_its_slot_at_once(make_budget, fake_time):
+    budget = make_budget(max_concurrent=1)
+    with budget.acquire(APP):
+        pass
+
+    budget.acquire(APP).release()
+
+    assert fake_time.sleeps == []
+
+
+def test_concurrency_slots_are_shared_between_budget_instances(make_budget, fake_time):
+    first_worker = make_budget(max_concurrent=2, max_wait_seconds=0.2)
+    second_worker = make_budget(
+        max_concurrent=2, max_wait_seconds=0.2, connection=redis.Redis.from_url(settings.REDIS_URL)
+    )
+    first_worker.acquire(APP)
+    first_worker.acquire(APP)
+
+    with pytest.raises(BudgetExhaustedError) as raised:
+        second_worker.acquire(APP)
+
+    assert raised.value.code == "budget_concurrency"
+
+
+def test_a_429_blocks_every_worker_of_that_application_user(make_budget, fake_time):
+    worker_that_got_429 = make_budget(max_wait_seconds=5)
+    another_worker = make_budget(max_wait_seconds=5, connection=redis.Redis.from_url(settings.REDIS_URL))
+
+    worker_that_got_429.block(APP, seconds=30)
+
+    assert another_worker.blocked_for(APP) == pytest.approx(30.0)
+    with pytest.raises(BudgetExhaustedError) as raised:
+        another_worker.acquire(APP)
+    assert raised.value.code == "budget_blocked"
+    assert raised.value.retry_after == pytest.approx(30.0)
+    another_worker.acquire(OTHER_APP).release()  # another application user is not affected
+
+
+def test_a_block_within_the_allowed_wait_is_waited_out_exactly(make_budget, fake_time):
+    budget = make_budget(max_wait_seconds=60)
+    budget.block(APP, seconds=12)
+
+    budget.acquire(APP).release()
+
+    assert fake_time.sleeps == [pytest.approx(12.0)]
+
+
+def test_a_shorter_retry_after_never_shortens_a_block(make_budget):
+    budget = make_budget()
+    budget.block(APP, seconds=60)
+    budget.block(APP, seconds=5)
+
+    assert budget.blocked_for(APP) == pytest.approx(60.0)
+
+
+def test_execution_time_counts_against_the_window(make_budget):
+    budget = make_budget(max_execution_seconds=0.02, max_wait_seconds=0)
+    with budget.acquire(APP):
+        time.sleep(0.03)  # a slow request
+
+    with pytest.raises(BudgetExhaustedError) as raised:
+        budget.acquire(APP)
+
+    assert raised.value.code == "budget_execution"
+
+
+def test_room_reports_the_tightest_facet(make_budget, fake_time):
+    budget = make_budget(max_requests=10, max_concurrent=4)
+    assert budget.room(APP) == 1.0
+
+    held = [budget.acquire(APP) for _ in range(2)]
+
+    assert budget.room(APP) == pytest.approx(0.5)  # 2 of 4 slots busy; 2 of 10 requests used
+    for lease in held:
+        lease.release()
+    budget.block(APP, seconds=10)
+    assert budget.standing(APP) == (0.0, pytest.approx(10.0))
+
+
+def test_each_application_user_has_its_own_budget(make_budget):
+    budget = make_budget(max_requests=1, max_wait_seconds=0)
+    budget.acquire(APP).release()
+
+    budget.acquire(OTHER_APP).release()
+
+    with pytest.raises(BudgetExhaustedError):
+        budget.acquire(APP)
+
+
+def test_redis_being_down_is_a_transient_error_not_a_crash(make_budget):
+    unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    budget = make_budget(connection=unreachable)
+
+    with pytest.raises(TransientError) as raised:
+        budget.acquire(APP)
+
+    assert raised.value.code == "budget_unavailable"
+
+
+def test_limits_come_from_the_environment_with_defaults_below_microsofts():
+    defaults = load_m365_config({"M365_TENANT_ID": "t", "M365_CLIENT_ID": "c", "M365_CLIENT_SECRET": "s"})
+    tuned = load_m365_config(
+        {
+            "M365_TENANT_ID": "t",
+            "M365_CLIENT_ID": "c",
+            "M365_CLIENT_SECRET": "s",
+            "DATAVERSE_MAX_REQUESTS_PER_WINDOW": "1000",
+            "DATAVERSE_WINDOW_SECONDS": "60",
+            "DATAVERSE_MAX_CONCURRENT": "8",
+            "DATAVERSE_MAX_EXECUTION_SECONDS": "300",
+            "GRAPH_MAX_CONCURRENT_PER_MAILBOX": "2",
+        }
+    )
+
+    limits = dataverse_limits(defaults)
+    assert (limits.max_requests, limits.window_seconds, limits.max_concurrent) == (5800, 300, 48)
+    assert limits.max_execution_seconds == 1100
+    assert defaults.graph_max_concurrent_per_mailbox == 4
+    assert (tuned.dataverse_max_requests_per_window, tuned.dataverse_window_seconds) == (1000, 60)
+    assert (tuned.dataverse_max_concurrent, tuned.dataverse_max_execution_seconds) == (8, 300)
+    assert tuned.graph_max_concurrent_per_mailbox == 2
+
+
+def test_a_limit_above_microsofts_is_refused_at_start_up():
+    with pytest.raises(ImproperlyConfigured, match="DATAVERSE_MAX_CONCURRENT must be at most 52"):
+        load_m365_config(
+            {"M365_TENANT_ID": "t", "M365_CLIENT_ID": "c", "M365_CLIENT_SECRET": "s", "DATAVERSE_MAX_CONCURRENT": "100"}
+        )
