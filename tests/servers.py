@@ -24,9 +24,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+PORTAL_ENV_PREFIXES = ("M365_", "ENTRA_", "DATAVERSE_", "GRAPH_", "EXCHANGE_")
+
+
 def clean_env(**overrides: str) -> dict[str, str]:
     """The current environment without the portal's own settings, plus ``overrides``."""
-    env = {key: value for key, value in os.environ.items() if key not in PORTAL_ENV_KEYS}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in PORTAL_ENV_KEYS and not key.startswith(PORTAL_ENV_PREFIXES)
+    }
     env.update(overrides)
     return env
 

@@ -18,7 +18,6 @@ import json
 import logging
 import re
 import secrets
-import ssl
 import threading
 import time
 import warnings
@@ -34,12 +33,13 @@ from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
-from requests.adapters import HTTPAdapter
 
 from portal.audit.models import Outcome
 from portal.audit.services import audit_record
 from portal.exceptions import ConfigurationError, PortalError
 from portal.m365.config import EntraSignInConfig
+from portal.m365.http import session_for_ca_bundle
+from portal.m365.tokens import EntraHttpClient
 
 from .models import User
 from .roles import Role
@@ -151,61 +151,6 @@ class EntraIdentity:
 # --- HTTP towards the identity provider --------------------------------------------------
 
 
-class _ExtraTrustAdapter(HTTPAdapter):
-    """An HTTPS adapter whose connections verify against our own SSL context."""
-
-    def __init__(self, ssl_context: ssl.SSLContext, **kwargs: Any) -> None:
-        self._ssl_context = ssl_context  # before super(): it builds the pool manager
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["ssl_context"] = self._ssl_context
-        super().init_poolmanager(*args, **kwargs)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        proxy_kwargs["ssl_context"] = self._ssl_context
-        return super().proxy_manager_for(proxy, **proxy_kwargs)
-
-
-class _IdentityProviderSession(requests.Session):
-    """The session MSAL uses: TLS trust as configured, a timeout on every call, calls logged.
-
-    ``requests`` lets ``REQUESTS_CA_BUNDLE`` replace a session's ``verify``; this
-    session keeps its own, so the CA bundle in the portal's configuration is the
-    one that counts.
-    """
-
-    def __init__(self, *, ca_bundle: str = "") -> None:
-        super().__init__()
-        if ca_bundle:
-            # Trusted in addition to the CAs requests normally uses, not instead of them.
-            context = ssl.create_default_context(cafile=requests.certs.where())
-            context.load_verify_locations(cafile=ca_bundle)
-            self.mount("https://", _ExtraTrustAdapter(context))
-        self.hooks["response"].append(_log_response)
-
-    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[no-untyped-def]
-        merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
-        merged["verify"] = self.verify if verify is None else verify
-        return merged
-
-    def request(self, method, url, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if kwargs.get("timeout") is None:
-            kwargs["timeout"] = HTTP_TIMEOUT_SECONDS
-        return super().request(method, url, *args, **kwargs)
-
-
-def _log_response(response: requests.Response, *args: Any, **kwargs: Any) -> None:
-    # The URL only: discovery and token endpoints carry no secrets in it.
-    logger.info(
-        "entra %s %s -> %s in %dms",
-        response.request.method,
-        response.url.split("?", 1)[0],
-        response.status_code,
-        response.elapsed.total_seconds() * 1000,
-    )
-
-
 class _KeepNothingTokenCache(msal.TokenCache):
     """Sign-in reads the ID token's claims once; no token is kept for later."""
 
@@ -251,7 +196,9 @@ def _client_build(config: EntraSignInConfig) -> _SignInClient:
             authority=config.authority,
             # MSAL only knows Microsoft's hosts; any other (the tenant simulator) is taken as configured.
             instance_discovery=None if config.is_microsoft_authority else False,
-            http_client=_IdentityProviderSession(ca_bundle=config.ca_bundle),
+            http_client=EntraHttpClient(
+                session_for_ca_bundle(config.ca_bundle), timeout_seconds=HTTP_TIMEOUT_SECONDS, app=config.client_id
+            ),
             token_cache=_KeepNothingTokenCache(),
         )
         # MSAL fetched this document while building the app and keeps successful

@@ -82,12 +82,18 @@ def build_session(config: M365Config) -> requests.Session:
     One per process (a forked worker builds its own, so no connection pool crosses a
     fork), shared by every client and by MSAL so connections are reused.
     """
-    key = (os.getpid(), config.ca_bundle)
+    return session_for_ca_bundle(config.ca_bundle)
+
+
+def session_for_ca_bundle(ca_bundle: str) -> requests.Session:
+    """A shared session trusting the public CAs plus ``ca_bundle`` (when set), whatever
+    ``REQUESTS_CA_BUNDLE`` says. Used by the service clients and by Entra ID sign-in."""
+    key = (os.getpid(), ca_bundle)
     with _plumbing_lock:
         session = _sessions.get(key)
         if session is None:
             session = PortalSession()
-            session.verify = _combined_ca_bundle(config.ca_bundle) if config.ca_bundle else certifi.where()
+            session.verify = _combined_ca_bundle(ca_bundle) if ca_bundle else certifi.where()
             session.headers["User-Agent"] = USER_AGENT
             # Retries are ours (see ServiceClient._request), never urllib3's hidden ones.
             adapter = HTTPAdapter(pool_connections=8, pool_maxsize=32, max_retries=0)

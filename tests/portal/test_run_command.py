@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -47,11 +48,28 @@ def sign_in(base: str, username: str) -> requests.Session:
 
 @pytest.fixture
 def running_portal(tmp_path):
+    with run_portal(tmp_path) as running:
+        yield running
+
+
+@contextmanager
+def run_portal(tmp_path):
+    """The README's run command in ``tmp_path``: yields (base URL, process, tmp_path)."""
     port = free_port()
     env = clean_env(DJANGO_SETTINGS_MODULE="portal.settings.local", PORTAL_VAR_DIR=str(tmp_path / "var"))
     log = (tmp_path / "runportal.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "runportal", "--port", str(port), "--web-workers", "1"],
+        [
+            sys.executable,
+            "manage.py",
+            "runportal",
+            "--port",
+            str(port),
+            "--web-workers",
+            "1",
+            "--sim-port",
+            str(free_port()),
+        ],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -76,6 +94,8 @@ def test_run_command_brings_up_a_working_portal(running_portal):
     base, _, _ = running_portal
     assert requests.get(f"{base}/readyz", timeout=5).json()["checks"] == {"database": "ok", "redis": "ok"}
     assert requests.get(f"{base}/static/portal/portal.css", timeout=5).status_code == 200
+    # With no tenant configured, the run command points the portal at its tenant simulator.
+    assert "Sign in with Microsoft" in requests.get(f"{base}/accounts/sign-in/", timeout=10).text
 
     for username, expected in EXPECTED_NAV.items():
         session = sign_in(base, username)
