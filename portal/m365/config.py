@@ -82,6 +82,15 @@ def _https(env: Env, name: str, default: str | None) -> str:
     return value.rstrip("/") if value else ""
 
 
+def _ca_bundle(env: Env) -> str:
+    ca_bundle = env.str("M365_CA_BUNDLE", default="")
+    if ca_bundle and not Path(ca_bundle).is_file():
+        raise ImproperlyConfigured(
+            f"Environment variable M365_CA_BUNDLE points at {ca_bundle}, which is not a readable file."
+        )
+    return ca_bundle
+
+
 def _registration(env: Env, suffix: str) -> AppRegistration | None:
     tail = "" if suffix == "1" else f"_{suffix}"
     client_id = env.str(f"M365_CLIENT_ID{tail}", default="")
@@ -131,11 +140,7 @@ def load_m365_config(environ: Mapping[str, str] | None = None) -> M365Config:
             "Environment variable M365_CLIENT_ID is required when M365_TENANT_ID is set: "
             "the application (client) id of the portal's app registration."
         )
-    ca_bundle = env.str("M365_CA_BUNDLE", default="")
-    if ca_bundle and not Path(ca_bundle).is_file():
-        raise ImproperlyConfigured(
-            f"Environment variable M365_CA_BUNDLE points at {ca_bundle}, which is not a readable file."
-        )
+    ca_bundle = _ca_bundle(env)
     return M365Config(
         enabled=True,
         tenant_id=tenant_id,
@@ -187,11 +192,7 @@ def load_entra_signin_config(environ: Mapping[str, str] | None = None) -> EntraS
     authority_host = _https(env, "ENTRA_AUTHORITY_HOST", None) or _https(
         env, "M365_AUTHORITY_HOST", "https://login.microsoftonline.com"
     )
-    ca_bundle = env.str("M365_CA_BUNDLE", default="")
-    if ca_bundle and not Path(ca_bundle).is_file():
-        raise ImproperlyConfigured(
-            f"Environment variable M365_CA_BUNDLE points at {ca_bundle}, which is not a readable file."
-        )
+    ca_bundle = _ca_bundle(env)
     return EntraSignInConfig(
         enabled=True,
         tenant_id=tenant_id,
