@@ -43,3 +43,18 @@ class PortalAccess(models.Model):
 
     def __str__(self) -> str:
         return "Portal access"
+
+
+class Team(models.Model):
+    """A business team: owns mailboxes, has business owners who approve its requests, and members."""
+
+    name = models.CharField(max_length=200, unique=True)
+    business_unit = models.CharField(max_length=200, help_text="The Dataverse business unit the team sits in.")
+    business_owners = models.ManyToManyField(User, related_name="owned_teams", blank=True)
+    members = models.ManyToManyField(User, related_name="teams", blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

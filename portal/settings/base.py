@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "portal",
     "portal.accounts",
     "portal.audit",
+    "portal.policy",
     "onboarding",
     "migration",
 ]
@@ -167,3 +168,6 @@ from portal.m365.config import load_entra_signin_config, load_m365_config  # noq
 
 M365 = load_m365_config()
 ENTRA_SIGNIN = load_entra_signin_config()
+
+# Where people reach the portal; used for links in email.
+PORTAL_BASE_URL = env.url("PORTAL_BASE_URL", schemes=("http", "https"), default="http://127.0.0.1:8000")

@@ -1,10 +1,7 @@
 from django.urls import path
 
-from . import views
-
-app_name = "onboarding"
+from onboarding.views import approvals as views
 
 urlpatterns = [
-    path("requests/", views.requests_dashboard, name="requests"),
     path("approvals/", views.approvals_dashboard, name="approvals"),
 ]

@@ -18,17 +18,3 @@ def requests_dashboard(request):
             "Until then, ask your Dynamics 365 platform team for new team mailboxes.",
         },
     )
-
-
-@require_permission("decide_approvals")
-def approvals_dashboard(request):
-    return render(
-        request,
-        "portal/section.html",
-        {
-            "caption": "Approver",
-            "heading": "Approvals",
-            "lede": "Requests waiting for your decision appear here, oldest first, with overdue ones marked.",
-            "status": "Nothing is waiting for you.",
-        },
-    )

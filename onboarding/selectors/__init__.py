@@ -1,0 +1,1 @@
+"""Reads in onboarding that need care: visibility, eligibility, inboxes."""

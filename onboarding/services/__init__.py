@@ -1,0 +1,1 @@
+"""Every write in onboarding: one module per area (requests, approvals, provisioning, notifications)."""

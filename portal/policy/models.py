@@ -1,0 +1,41 @@
+"""The portal's central policy: one row of settings platform admins own (every change audited)."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class TrackingRule(models.IntegerChoices):
+    """Dataverse's ``incomingemailfilteringmethod`` values, in plain English."""
+
+    ALL = 0, "All email messages"
+    RESPONSES = 1, "Email messages in response to Dynamics 365 email"
+    LEADS_CONTACTS_ACCOUNTS = 2, "Email messages from Dynamics 365 leads, contacts and accounts"
+    EMAIL_ENABLED_RECORDS = 3, "Email messages from Dynamics 365 records that are email enabled"
+    NONE = 4, "No email messages"
+
+
+def _default_domains() -> list[str]:
+    return ["example.gov.uk"]
+
+
+class PolicySettings(models.Model):
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
+    allowed_domains = models.JSONField(default=_default_domains)
+    # The Exchange Online server profile: by id when known, otherwise found by this name.
+    exchange_online_profile_id = models.CharField(max_length=36, blank=True)
+    exchange_online_profile_name = models.CharField(max_length=200, default="Microsoft Exchange Online")
+    default_tracking_rule_queue = models.PositiveSmallIntegerField(
+        choices=TrackingRule.choices, default=TrackingRule.EMAIL_ENABLED_RECORDS
+    )
+    # Provisioning: how often to look at an asynchronous Test & Enable, and for how long.
+    test_enable_poll_seconds = models.PositiveIntegerField(default=30)
+    test_enable_timeout_minutes = models.PositiveIntegerField(default=90)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "policy settings"
+        constraints = [models.CheckConstraint(condition=models.Q(id=1), name="policy_settings_singleton")]
+
+    def __str__(self) -> str:
+        return "Portal policy"
