@@ -14,7 +14,7 @@ from portal.audit.models import Outcome
 from portal.audit.services import audit_record
 from portal.exceptions import PortalError
 
-from .models import User
+from .models import Team, User
 from .roles import ROLE_GROUP_NAMES, Role, sync_role_groups
 
 SIGN_IN_FAILED = "Enter a correct username and password. Both are case-sensitive."
@@ -136,3 +136,33 @@ def demo_accounts_seed(*, password: str) -> list[tuple[User, bool]]:
             user_roles_set(actor=None, user=user, roles=person.roles)
             results.append((user, created))
     return results
+
+
+DEMO_TEAMS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
+    # name, business unit, business owners, members (usernames)
+    ("Finance", "Finance", ("approver",), ("requester", "approver")),
+    ("Customer Services", "Customer Services", ("approver",), ("requester",)),
+    ("Digital and Technology", "Digital and Technology", ("admin",), ("migration",)),
+)
+
+
+def demo_teams_seed() -> list[Team]:
+    """The demo organisation's teams, their business owners and members (idempotent)."""
+    teams = []
+    with transaction.atomic():
+        people = {user.username: user for user in User.objects.filter(username__in=[p.username for p in DEMO_PEOPLE])}
+        for name, unit, owners, members in DEMO_TEAMS:
+            team, created = Team.objects.get_or_create(name=name, defaults={"business_unit": unit})
+            team.business_owners.set([people[u] for u in owners if u in people])
+            team.members.set([people[u] for u in members if u in people])
+            if created:
+                audit_record(
+                    actor=None,
+                    actor_name="System (demo seed)",
+                    action="team.created",
+                    object_type="team",
+                    object_id=team.pk,
+                    after={"name": name, "business_owners": list(owners), "members": list(members)},
+                )
+            teams.append(team)
+    return teams

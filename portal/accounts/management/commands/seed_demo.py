@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from portal.accounts.services import DEMO_PEOPLE, demo_accounts_seed
+from portal.accounts.services import DEMO_PEOPLE, DEMO_TEAMS, demo_accounts_seed, demo_teams_seed
 
 DEFAULT_DEMO_PASSWORD = "demo-portal-2026"  # noqa: S105 - demo only; refused in production
 
@@ -23,6 +23,7 @@ class Command(BaseCommand):
         if settings.PORTAL_ENVIRONMENT == "production":
             raise CommandError("seed_demo creates accounts with a known password; it does not run in production.")
         results = demo_accounts_seed(password=password)
+        demo_teams_seed()
         created = sum(1 for _, was_created in results if was_created)
         self.stdout.write(self.style.SUCCESS(f"Demo accounts ready ({created} new, {len(results) - created} reset)."))
         self.stdout.write(f"Sign in at {url.rstrip('/')}/accounts/sign-in/ with password {password!r} as:")
@@ -30,3 +31,6 @@ class Command(BaseCommand):
         for person in DEMO_PEOPLE:
             roles = ", ".join(role.label for role in person.roles) or "no role (sees only the home page)"
             self.stdout.write(f"  {person.username.ljust(width)}  {person.first_name} {person.last_name}: {roles}")
+        self.stdout.write(
+            "Teams: " + "; ".join(f"{name} (business owner: {', '.join(owners)})" for name, _, owners, _ in DEMO_TEAMS)
+        )
