@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+from typing import Any
+
+import django_rq
+from rq.job import Job
+from rq.registry import ScheduledJobRegistry
 
 from portal import correlation
 
@@ -42,12 +48,58 @@ def provisioning_watchdog_job(run_id: int, *, correlation_id: str = "") -> None:
             raise
 
 
-def approvals_escalate_overdue_job(*, correlation_id: str = "") -> None:
+# The escalation job runs every few minutes under one fixed job id, so however often it is
+# scheduled (by the command at every start, or by itself) there is only ever one next run.
+ESCALATION_JOB_ID = "onboarding-approvals-escalate-overdue"
+ESCALATION_INTERVAL = dt.timedelta(minutes=5)
+ESCALATION_TIMEOUT = 300
+
+
+def approvals_escalate_overdue_job(*, correlation_id: str = "", reschedule: bool = True) -> None:
+    """Escalate overdue approval stages, having first scheduled the next run.
+
+    Scheduling first keeps the cycle going even when this run fails.
+    """
     from onboarding.services.approvals import approval_stages_escalate_overdue
 
     with correlation.bound(correlation_id or correlation.new_id()):
         try:
-            approval_stages_escalate_overdue()
+            if reschedule:
+                approvals_escalation_schedule()
+            escalated = approval_stages_escalate_overdue()
         except Exception:
             logger.exception("escalating overdue approval stages failed")
             raise
+        if escalated:
+            logger.info("escalated %s overdue approval stage(s)", escalated)
+
+
+def approvals_escalation_schedule(
+    *, delay: dt.timedelta = ESCALATION_INTERVAL, only_if_missing: bool = False, queue: Any = None
+) -> bool:
+    """Schedule the next escalation run, under its fixed job id, ``delay`` from now.
+
+    With ``only_if_missing`` an existing schedule (or a run already queued) is left alone, so
+    calling it again changes nothing. Returns whether a run was scheduled.
+    """
+    queue = queue or django_rq.get_queue("default")
+    if only_if_missing and _escalation_pending(queue):
+        return False
+    queue.enqueue_in(
+        delay,
+        approvals_escalate_overdue_job,
+        job_id=ESCALATION_JOB_ID,
+        job_timeout=ESCALATION_TIMEOUT,
+        result_ttl=-1,
+    )
+    # A run schedules its successor under its own job id, so they share one job record. RQ sets
+    # an expiry on a run's record when the run fails; clearing it here keeps the successor alive.
+    queue.connection.persist(Job.key_for(ESCALATION_JOB_ID))
+    return True
+
+
+def _escalation_pending(queue: Any) -> bool:
+    """The next run is scheduled or queued, and its record is there to run from."""
+    if not Job.exists(ESCALATION_JOB_ID, connection=queue.connection):
+        return False
+    return ESCALATION_JOB_ID in ScheduledJobRegistry(queue=queue) or ESCALATION_JOB_ID in queue.get_job_ids()

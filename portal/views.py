@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponseServerError
 from django.shortcuts import render
@@ -30,7 +31,13 @@ def home(request):
 
 @require_permission("administer_platform")
 def platform(request):
-    return render(request, "portal/platform.html")
+    from onboarding.selectors.provisioning import provisioning_run_counts
+
+    return render(
+        request,
+        "portal/platform.html",
+        {"runs": provisioning_run_counts(), "m365": settings.M365, "entra": settings.ENTRA_SIGNIN},
+    )
 
 
 def accessibility(request):

@@ -1,75 +1,189 @@
 """Who may decide what: the eligibility rules every approval read and write shares.
 
-A person may decide a waiting stage when, for themselves or for someone whose
-out-of-office delegation to them is active today, they are one of the stage's
-approvers (the team's business owners, holders of a role — optionally only
-within the request's team — or named people), or the stage has escalated and
-they are a fallback approver. Separation of duties: never on a request they
-made (or made by someone they act for), and never a second stage of the same
-request.
+A person may decide a waiting stage when they hold the ``decide_approvals``
+permission and, for themselves or for someone whose out-of-office delegation to
+them is active today, they are one of the stage's approvers (the team's
+business owners, holders of a role — optionally only within the request's team
+— or named people), or the stage has escalated and they are a fallback
+approver.
+
+Separation of duties:
+
+* never on a request they made, or made by someone they are standing in for;
+* never a second stage of the same request: nobody whose authority approved one
+  stage — whether they decided it or it was decided on their behalf — approves
+  another. A return or a rejection is not an approval, and a stage reset by a
+  resubmission no longer counts.
+
+``stages_awaiting`` (the inbox, in SQL) and ``decision_eligibility`` (one stage,
+with a reason in plain English) apply the same rules through the same query
+pieces, so what a person sees in their inbox is exactly what they may decide.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
-from django.db.models import BooleanField, Case, Exists, OuterRef, Q, QuerySet, Value, When
-from django.utils import timezone
+from django.contrib.auth.models import Permission
+from django.db.models import (
+    BooleanField,
+    Case,
+    Exists,
+    IntegerField,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
+from django.utils import formats, timezone
 
-from onboarding.models import ApproverKind, Delegation, RequestStage, StageStatus
-from portal.accounts.models import User
+from onboarding.models import (
+    ApprovalStage,
+    ApproverKind,
+    Decision,
+    Delegation,
+    MailboxRequest,
+    RequestStage,
+    RequestStatus,
+    StageStatus,
+)
+from portal.accounts.models import Team, User
+from portal.accounts.roles import ROLE_GROUP_NAMES, Role, perm
+
+DECIDE_PERMISSION = "decide_approvals"
+
+
+def can_decide_approvals(person: User) -> bool:
+    return bool(person.is_active and person.has_perm(perm(DECIDE_PERMISSION)))
+
+
+def people_who_can_decide() -> QuerySet[User]:
+    """Active people holding ``decide_approvals`` through a role, directly, or as superusers."""
+    permission = Permission.objects.filter(codename=DECIDE_PERMISSION, content_type__app_label="accounts")
+    return User.objects.filter(is_active=True).filter(
+        Q(is_superuser=True)
+        | Q(pk__in=User.objects.filter(groups__permissions__in=permission).values("pk"))
+        | Q(pk__in=User.objects.filter(user_permissions__in=permission).values("pk"))
+    )
 
 
 def acting_for(user: User, *, on: dt.date | None = None) -> list[User]:
-    """``user`` first, then everyone whose delegation to ``user`` is active on ``on`` (today)."""
+    """``user`` first, then everyone whose delegation to ``user`` is active on ``on`` (today).
+
+    A delegator who could not decide approvals themselves lends no authority.
+    """
     on = on or timezone.localdate()
-    delegators = [
-        delegation.delegator
-        for delegation in Delegation.objects.filter(
-            delegate=user, starts_on__lte=on, ends_on__gte=on, cancelled_at__isnull=True
-        ).select_related("delegator")
-        if delegation.delegator.is_active
-    ]
-    return [user, *delegators]
+    delegations = (
+        Delegation.objects.filter(delegate=user, starts_on__lte=on, ends_on__gte=on, cancelled_at__isnull=True)
+        .exclude(delegator=user)
+        .select_related("delegator")
+        .order_by("delegator__username", "pk")
+    )
+    delegators: dict[int, User] = {}
+    for delegation in delegations:
+        if delegation.delegator_id not in delegators and can_decide_approvals(delegation.delegator):
+            delegators[delegation.delegator_id] = delegation.delegator
+    return [user, *delegators.values()]
+
+
+def delegates_of(people: Iterable[User], *, on: dt.date | None = None) -> list[User]:
+    """Who stands in today for any of ``people``."""
+    on = on or timezone.localdate()
+    ids = [person.pk for person in people]
+    return list(
+        User.objects.filter(
+            pk__in=Delegation.objects.filter(
+                delegator_id__in=ids, starts_on__lte=on, ends_on__gte=on, cancelled_at__isnull=True
+            ).values("delegate_id"),
+            is_active=True,
+        ).order_by("username")
+    )
+
+
+# --- query pieces shared by the inbox and the single-stage check ---------------------------------
 
 
 def _approver_q(person: User) -> Q:
-    """Stages ``person`` is an approver of in their own right (not yet counting escalation)."""
-    owner = Q(approver_kind=ApproverKind.TEAM_OWNER, request__team__business_owners=person)
-    named = Q(approver_kind=ApproverKind.NAMED, approvers=person)
+    """Stages ``person`` is an approver of in their own right, counting escalation (any stage status).
+
+    Built from ``Exists`` so a stage never repeats however many teams or approvers match.
+    """
+    team_owner = Team.business_owners.through.objects.filter(team_id=OuterRef("request__team_id"), user_id=person.pk)
+    team_member = Team.members.through.objects.filter(team_id=OuterRef("request__team_id"), user_id=person.pk)
+    named = RequestStage.approvers.through.objects.filter(requeststage_id=OuterRef("pk"), user_id=person.pk)
+    fallback = RequestStage.fallback_approvers.through.objects.filter(requeststage_id=OuterRef("pk"), user_id=person.pk)
+    allowed = (
+        (Q(approver_kind=ApproverKind.TEAM_OWNER) & Q(Exists(team_owner)))
+        | (Q(approver_kind=ApproverKind.NAMED) & Q(Exists(named)))
+        | (Q(escalated_at__isnull=False) & Q(Exists(fallback)))
+    )
     roles = [role.value for role in person.roles()]
-    in_team = Q(request__team__members=person) | Q(request__team__business_owners=person)
-    by_role = Q(approver_kind=ApproverKind.ROLE, role__in=roles) & (Q(team_scoped=False) | in_team)
-    fallback = Q(escalated_at__isnull=False, fallback_approvers=person)
-    return owner | named | (by_role if roles else Q(pk__in=[])) | fallback
+    if roles:
+        in_team = Q(Exists(team_owner)) | Q(Exists(team_member))
+        allowed |= Q(approver_kind=ApproverKind.ROLE, role__in=roles) & (Q(team_scoped=False) | in_team)
+    return allowed
 
 
-def _eligible_ids(user: User, *, on: dt.date | None = None) -> QuerySet[RequestStage]:
-    people = acting_for(user, on=on)
-    allowed = Q(pk__in=[])
-    for person in people:
-        allowed |= _approver_q(person)
-    already_decided = RequestStage.objects.filter(
-        request=OuterRef("request"), status=StageStatus.APPROVED, decided_by=user
-    ).exclude(pk=OuterRef("pk"))
+def _approved_elsewhere_q(person_ids: Iterable[int]) -> Q:
+    """Stages of requests where another stage stands approved by (or on behalf of) one of ``person_ids``.
+
+    An approved stage's current approval is its latest Decision: nothing is decided on a stage
+    once it is approved, and a resubmission that resets it takes it out of APPROVED, so the
+    approvals of a reset stage no longer count.
+    """
+    ids = list(person_ids)
+    latest_on_its_stage = Decision.objects.filter(stage_id=OuterRef("stage_id")).order_by("-pk").values("pk")[:1]
+    current_approvals = (
+        Decision.objects.filter(
+            request_id=OuterRef("request_id"),
+            stage__status=StageStatus.APPROVED,
+            pk=Subquery(latest_on_its_stage),
+        )
+        .exclude(stage_id=OuterRef("pk"))
+        .filter(Q(decided_by_id__in=ids) | Q(on_behalf_of_id__in=ids))
+    )
+    return Q(Exists(current_approvals))
+
+
+def _eligible_q(user: User, people: list[User]) -> Q:
+    """Waiting stages ``user`` may decide, acting for ``people`` (``user`` first, then delegators)."""
+    if not can_decide_approvals(user):
+        return Q(pk__in=[])
+    by_authority = _approver_q(user)
+    for delegator in people[1:]:
+        by_authority |= _approver_q(delegator) & ~_approved_elsewhere_q([delegator.pk])
     return (
-        RequestStage.objects.filter(allowed, status=StageStatus.WAITING)
-        .exclude(request__requester__in=people)
-        .exclude(Exists(already_decided))
-        .values("pk")
+        Q(status=StageStatus.WAITING)
+        & ~Q(request__requester_id__in=[person.pk for person in people])
+        & ~_approved_elsewhere_q([user.pk])
+        & by_authority
     )
 
 
 def stages_awaiting(user: User, *, now: dt.datetime | None = None) -> QuerySet[RequestStage]:
-    """The approver's inbox: stages they may decide now, oldest first, ``is_overdue`` annotated."""
+    """The approver's inbox: stages they may decide now, oldest first.
+
+    Annotated with ``is_overdue`` and ``on_behalf_of_id`` (the delegator whose authority the
+    user would decide with, or ``None`` when they may decide in their own right).
+    """
     now = now or timezone.now()
+    people = acting_for(user, on=timezone.localdate(now))
+    on_behalf = [When(_approver_q(user), then=Value(None))]
+    on_behalf += [
+        When(_approver_q(delegator) & ~_approved_elsewhere_q([delegator.pk]), then=Value(delegator.pk))
+        for delegator in people[1:]
+    ]
     return (
-        RequestStage.objects.filter(pk__in=_eligible_ids(user, on=timezone.localdate(now)))
+        RequestStage.objects.filter(_eligible_q(user, people))
         .select_related("request", "request__requester", "request__team")
         .annotate(
-            is_overdue=Case(When(due_at__lt=now, then=Value(True)), default=Value(False), output_field=BooleanField())
+            is_overdue=Case(When(due_at__lt=now, then=Value(True)), default=Value(False), output_field=BooleanField()),
+            on_behalf_of_id=Case(*on_behalf, default=Value(None), output_field=IntegerField()),
         )
         .order_by("waiting_since", "pk")
     )
@@ -82,39 +196,204 @@ class Eligibility:
     reason: str = ""
 
 
-def decision_eligibility(user: User, stage: RequestStage, *, now: dt.datetime | None = None) -> Eligibility:
-    """Whether ``user`` may decide ``stage`` now, and for whom; ``reason`` says why not in plain English."""
+def _matches(stage: RequestStage, condition: Q) -> bool:
+    return RequestStage.objects.filter(condition, pk=stage.pk).exists()
+
+
+def decision_eligibility(
+    user: User, stage: RequestStage, *, now: dt.datetime | None = None, assume_waiting: bool = False
+) -> Eligibility:
+    """Whether ``user`` may decide ``stage`` now, and for whom; ``reason`` says why not in plain English.
+
+    ``assume_waiting`` answers as if the stage were waiting: whether the person is one of those
+    the stage is (or was) for — used to tell them what became of a stage they could decide.
+    """
     now = now or timezone.now()
     request = stage.request
-    if stage.status != StageStatus.WAITING:
+    if not can_decide_approvals(user):
+        return Eligibility(False, reason="You do not have permission to decide approvals.")
+    if not assume_waiting and stage.status != StageStatus.WAITING:
         return Eligibility(False, reason="This stage is not waiting for a decision.")
     if request.requester_id == user.pk:
         return Eligibility(False, reason="You cannot decide on a request you made.")
-    if request.stages.filter(status=StageStatus.APPROVED, decided_by=user).exclude(pk=stage.pk).exists():
-        return Eligibility(False, reason="You have already decided another stage of this request.")
-    for person in acting_for(user, on=timezone.localdate(now)):
-        if person.pk == request.requester_id:
+    people = acting_for(user, on=timezone.localdate(now))
+    if any(person.pk == request.requester_id for person in people[1:]):
+        return Eligibility(False, reason="You cannot decide on a request made by someone you are standing in for.")
+    if _matches(stage, _approved_elsewhere_q([user.pk])):
+        return Eligibility(False, reason="You have already approved another stage of this request.")
+    if _matches(stage, _approver_q(user)):
+        return Eligibility(True)
+    refusal = ""
+    for delegator in people[1:]:
+        if not _matches(stage, _approver_q(delegator)):
             continue
-        if RequestStage.objects.filter(_approver_q(person), pk=stage.pk).exists():
-            return Eligibility(True, on_behalf_of=None if person.pk == user.pk else person)
+        if _matches(stage, _approved_elsewhere_q([delegator.pk])):
+            refusal = f"{delegator.display_name}, whom you are standing in for, has already approved another stage."
+            continue
+        return Eligibility(True, on_behalf_of=delegator)
+    if refusal:
+        return Eligibility(False, reason=refusal)
+    if stage.escalated_at is None and stage.fallback_approvers.filter(pk__in=[p.pk for p in people]).exists():
+        return Eligibility(False, reason="You are a fallback approver: you can decide this stage once it is overdue.")
     return Eligibility(False, reason="You are not an approver for this stage.")
 
 
 def stage_approvers(stage: RequestStage) -> list[User]:
-    """Everyone who may decide ``stage`` in their own right (for notifications), excluding the requester."""
-    people: QuerySet[User] | Any
-    if stage.approver_kind == ApproverKind.TEAM_OWNER:
-        people = (
-            User.objects.filter(owned_teams=stage.request.team_id) if stage.request.team_id else User.objects.none()
-        )
-    elif stage.approver_kind == ApproverKind.NAMED:
-        people = stage.approvers.all()
-    else:
-        from portal.accounts.roles import ROLE_GROUP_NAMES, Role
+    """Everyone who may decide ``stage`` in their own right, excluding the requester.
 
-        people = User.objects.filter(groups__name=ROLE_GROUP_NAMES[Role(stage.role)])
-        if stage.team_scoped and stage.request.team_id:
-            people = people.filter(Q(teams=stage.request.team_id) | Q(owned_teams=stage.request.team_id))
+    Only active people holding ``decide_approvals``; fallback approvers once the stage has
+    escalated. Separation of duties across stages is not applied here (see
+    ``stage_decision_recipients``).
+    """
+    team_id = stage.request.team_id
+    if stage.approver_kind == ApproverKind.TEAM_OWNER:
+        chosen = Q(owned_teams=team_id) if team_id else Q(pk__in=[])
+    elif stage.approver_kind == ApproverKind.NAMED:
+        chosen = Q(pk__in=stage.approvers.values("pk"))
+    elif stage.role:
+        chosen = Q(groups__name=ROLE_GROUP_NAMES[Role(stage.role)])
+        if stage.team_scoped:
+            chosen &= (Q(teams=team_id) | Q(owned_teams=team_id)) if team_id else Q(pk__in=[])
+    else:
+        chosen = Q(pk__in=[])
     if stage.escalated_at:
-        people = people | stage.fallback_approvers.all()
-    return list(people.filter(is_active=True).exclude(pk=stage.request.requester_id).distinct())
+        chosen |= Q(pk__in=stage.fallback_approvers.values("pk"))
+    return list(
+        User.objects.filter(pk__in=User.objects.filter(chosen).values("pk"))
+        .filter(pk__in=people_who_can_decide().values("pk"))
+        .exclude(pk=stage.request.requester_id)
+        .order_by("username")
+    )
+
+
+def stage_decision_recipients(stage: RequestStage, *, now: dt.datetime | None = None) -> list[User]:
+    """Who to tell that ``stage`` waits: its approvers and whoever stands in for them, if they may decide it."""
+    now = now or timezone.now()
+    approvers = stage_approvers(stage)
+    candidates = {person.pk: person for person in approvers}
+    for delegate in delegates_of(approvers, on=timezone.localdate(now)):
+        candidates.setdefault(delegate.pk, delegate)
+    return [person for person in candidates.values() if decision_eligibility(person, stage, now=now).allowed]
+
+
+def stage_fallback_recipients(stage: RequestStage, *, now: dt.datetime | None = None) -> list[User]:
+    """The fallback approvers an escalated ``stage`` now lets decide."""
+    return [
+        person
+        for person in stage.fallback_approvers.filter(is_active=True).order_by("username")
+        if decision_eligibility(person, stage, now=now).allowed
+    ]
+
+
+# --- what the pages show -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    stage: RequestStage
+    request: MailboxRequest
+    on_behalf_of: User | None
+    is_overdue: bool
+    overdue_by: dt.timedelta | None
+
+
+def inbox_items(user: User, stages: Iterable[RequestStage], *, now: dt.datetime | None = None) -> list[InboxItem]:
+    """Stages from ``stages_awaiting`` (or a page of them) with the people behind ``on_behalf_of_id``."""
+    now = now or timezone.now()
+    people = {person.pk: person for person in acting_for(user, on=timezone.localdate(now))}
+    return [
+        InboxItem(
+            stage=stage,
+            request=stage.request,
+            on_behalf_of=people.get(stage.on_behalf_of_id) if stage.on_behalf_of_id else None,
+            is_overdue=stage.is_overdue,
+            overdue_by=(now - stage.due_at) if stage.is_overdue and stage.due_at else None,
+        )
+        for stage in stages
+    ]
+
+
+def approval_inbox(user: User, *, now: dt.datetime | None = None) -> list[InboxItem]:
+    """Everything waiting for ``user``, oldest first, in a constant number of queries."""
+    now = now or timezone.now()
+    return inbox_items(user, stages_awaiting(user, now=now), now=now)
+
+
+_RECENTLY = dt.timedelta(minutes=10)
+
+
+def stage_closed_message(stage: RequestStage, *, now: dt.datetime | None = None) -> str:
+    """Why a stage cannot be decided any more (or yet), for someone who expected to decide it."""
+    now = now or timezone.now()
+    if stage.status in (StageStatus.APPROVED, StageStatus.REJECTED, StageStatus.RETURNED) and stage.decided_by:
+        moment = stage.decided_at or now
+        when = (
+            "a moment ago"
+            if now - moment < _RECENTLY
+            else "on " + formats.date_format(timezone.localtime(moment), "j F Y \\a\\t H:i")
+        )
+        outcome = StageStatus(stage.status).label.lower()
+        return f"This stage was decided by {stage.decided_by.display_name} {when} ({outcome})."
+    if stage.status == StageStatus.CANCELLED:
+        status = RequestStatus(stage.request.status).label.lower()
+        return f"This stage no longer needs a decision: the request is {status}."
+    if stage.status == StageStatus.WAITING:
+        return f"The request is {RequestStatus(stage.request.status).label.lower()}."
+    return "This stage is not waiting for a decision yet."
+
+
+def decisions_by(user: User) -> QuerySet[Decision]:
+    """Decisions ``user`` made (for themselves or for someone else), newest first."""
+    return (
+        Decision.objects.filter(decided_by=user)
+        .select_related("request", "request__team", "stage", "on_behalf_of")
+        .order_by("-decided_at", "-pk")
+    )
+
+
+def request_route(request: MailboxRequest) -> list[RequestStage]:
+    """A request's stages in order, with who decided each, for the route-so-far display."""
+    return list(
+        request.stages.select_related("decided_by")
+        .prefetch_related(
+            Prefetch(
+                "decisions",
+                queryset=Decision.objects.select_related("decided_by", "on_behalf_of").order_by("decided_at", "pk"),
+            )
+        )
+        .order_by("order")
+    )
+
+
+@dataclass(frozen=True)
+class StageEstimate:
+    stage: RequestStage
+    expected_by: dt.datetime | None  # when the stage should be decided, from its SLA
+    is_overdue: bool
+
+
+def route_estimates(request: MailboxRequest, *, now: dt.datetime | None = None) -> list[StageEstimate]:
+    """Each stage with when it should be decided: the waiting stage's due time, then each later SLA in turn."""
+    now = now or timezone.now()
+    estimates: list[StageEstimate] = []
+    running: dt.datetime | None = None
+    for stage in request.stages.order_by("order"):
+        expected: dt.datetime | None = None
+        overdue = False
+        if stage.status == StageStatus.WAITING and stage.due_at:
+            expected = stage.due_at
+            overdue = stage.due_at < now
+            running = max(stage.due_at, now)
+        elif stage.status == StageStatus.PENDING and running is not None:
+            expected = running + dt.timedelta(hours=stage.sla_hours)
+            running = expected
+        estimates.append(StageEstimate(stage=stage, expected_by=expected, is_overdue=overdue))
+    return estimates
+
+
+def approval_stages_configured() -> QuerySet[ApprovalStage]:
+    """The configured route, active and inactive, in order, with named and fallback approvers."""
+    return ApprovalStage.objects.prefetch_related(
+        Prefetch("approvers", queryset=User.objects.order_by("email")),
+        Prefetch("fallback_approvers", queryset=User.objects.order_by("email")),
+    ).order_by("order")

@@ -74,6 +74,11 @@ class DemoPerson:
     last_name: str
     roles: tuple[Role, ...]
 
+    @property
+    def email(self) -> str:
+        # The tenant simulator's demo organisation has these people, with Exchange Online mailboxes.
+        return f"{self.first_name}.{self.last_name}@example.gov.uk".lower()
+
 
 DEMO_PEOPLE: tuple[DemoPerson, ...] = (
     DemoPerson("requester", "Riya", "Patel", (Role.REQUESTER,)),
@@ -118,12 +123,13 @@ def demo_accounts_seed(*, password: str) -> list[tuple[User, bool]]:
                 defaults={
                     "first_name": person.first_name,
                     "last_name": person.last_name,
-                    "email": f"{person.username}@example.gov.uk",
+                    "email": person.email,
                 },
             )
             user.set_password(password)
             user.is_active = True
-            user.save(update_fields=["password", "is_active"])
+            user.email = person.email
+            user.save(update_fields=["password", "is_active", "email"])
             if created:
                 audit_record(
                     actor=None,

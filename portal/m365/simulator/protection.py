@@ -37,6 +37,10 @@ DEFAULT_FAULTS: dict[str, Any] = {
     "retry_after": 2,
     "timeout_hold_seconds": 30,
     "surfaces": ["dataverse", "graph", "exchange"],
+    # Only these operations misbehave (as the ledger names them: "New-Mailbox", "POST queues"); empty: all.
+    "operations": [],
+    # Stop misbehaving after this many faults (None: never stop), e.g. to lose exactly one response.
+    "max_faults": None,
     "seed": None,
 }
 
@@ -154,6 +158,7 @@ class Faults:
         self._lock = threading.Lock()
         self.config: dict[str, Any] = dict(DEFAULT_FAULTS)
         self._random = random.Random()  # noqa: S311 - fault injection, not security
+        self._injected = 0
 
     def configure(self, changes: dict[str, Any]) -> dict[str, Any]:
         unknown = set(changes) - set(DEFAULT_FAULTS)
@@ -162,6 +167,13 @@ class Faults:
         for kind in self.KINDS:
             if kind in changes and not (isinstance(changes[kind], int | float) and 0 <= changes[kind] <= 1):
                 raise ValueError(f"{kind} must be a number between 0 and 1")
+        operations = changes.get("operations", [])
+        if not isinstance(operations, list) or not all(isinstance(name, str) for name in operations):
+            raise ValueError("operations must be a list of operation names")
+        max_faults = changes.get("max_faults")
+        whole = isinstance(max_faults, int) and not isinstance(max_faults, bool)
+        if max_faults is not None and (not whole or max_faults < 0):
+            raise ValueError("max_faults must be a whole number of at least 0, or null")
         with self._lock:
             self.config.update(changes)
             total = sum(self.config[kind] for kind in self.KINDS)
@@ -169,21 +181,30 @@ class Faults:
                 raise ValueError("the fault rates add up to more than 1")
             if "seed" in changes:
                 self._random = random.Random(changes["seed"])  # noqa: S311
+            self._injected = 0
         return dict(self.config)
 
     def reset(self) -> dict[str, Any]:
         with self._lock:
             self.config = dict(DEFAULT_FAULTS)
+            self._injected = 0
         return dict(self.config)
 
-    def decide(self, surface: str) -> str | None:
+    def decide(self, surface: str, operation: str = "") -> str | None:
         with self._lock:
             if surface not in self.config["surfaces"]:
+                return None
+            operations = self.config.get("operations") or []
+            if operations and operation.lower() not in {name.lower() for name in operations}:
+                return None
+            limit = self.config.get("max_faults")
+            if limit is not None and self._injected >= limit:
                 return None
             roll = self._random.random()
             for kind in self.KINDS:
                 rate = self.config[kind]
                 if roll < rate:
+                    self._injected += 1
                     return kind.removeprefix("rate_")
                 roll -= rate
         return None

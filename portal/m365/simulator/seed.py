@@ -586,6 +586,10 @@ class _Builder:
                 "email": self._address(local),
                 "roles": list(roles),
             }
+            # The same people have Exchange Online mailboxes, so they can be granted access to new ones.
+            self._graph_user(
+                object_id=oid, address=self._address(local), name=name, purpose="user", location="exchange_online"
+            )
 
     # -- outputs ------------------------------------------------------------------------------------
     def truth(self) -> dict[str, Any]:

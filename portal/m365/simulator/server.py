@@ -147,6 +147,7 @@ class SimulatorApp:
             "retry_after": None,
             "applied": False,
             "fault": None,
+            "operation": operation_name(surface, method, request.path, body),
         }
         try:
             outcome = self._api(surface, request, entry)
@@ -176,7 +177,7 @@ class SimulatorApp:
         request.principal = principal_or_error
         entry["app"] = principal_or_error.client_id
 
-        fault = self.faults.decide(surface)
+        fault = self.faults.decide(surface, entry["operation"])
         entry["fault"] = fault
         if fault == "429":
             retry = int(self.faults.config["retry_after"])
@@ -281,6 +282,24 @@ class SimulatorApp:
     def close(self) -> None:
         self.sim.scheduler.stop()
         self.store.save(force=True)
+
+
+def operation_name(surface: str, method: str, path: str, body: bytes) -> str:
+    """What a call does, as the ledger names it and fault targeting matches it.
+
+    Exchange admin calls all go to one URL, so the cmdlet is the operation ("New-Mailbox");
+    Dataverse calls are the method and entity set ("POST queues", "PATCH mailboxes").
+    """
+    if surface == "exchange":
+        try:
+            return str(json.loads(body.decode("utf-8"))["CmdletInput"]["CmdletName"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return method
+    if surface == "dataverse":
+        rest = path.split("/api/data/v9.2/", 1)[-1].lstrip("/")
+        target = rest.split("/", 1)[0].split("(", 1)[0]
+        return f"{method} {target}".strip()
+    return f"{method} {path}"
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -61,6 +61,7 @@ class Command(BaseCommand):
                 self.stdout.write("Using the Microsoft 365 tenant configured by M365_TENANT_ID")
             self._run_step("Applying database migrations", [sys.executable, MANAGE, "migrate", "--noinput"], env)
             url = f"http://{host}:{port}"
+            env.setdefault("PORTAL_BASE_URL", url)
             if not no_seed:
                 self._run_step(
                     "Creating demo accounts",
@@ -68,6 +69,7 @@ class Command(BaseCommand):
                     env,
                     show_output=True,
                 )
+            self._run_step("Scheduling periodic jobs", [sys.executable, MANAGE, "schedule_periodic_jobs"], env)
             self._spawn("worker", [sys.executable, MANAGE, "rqworker", "--with-scheduler", "default"], env)
             self._spawn(
                 "web",

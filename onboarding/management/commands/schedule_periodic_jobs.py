@@ -1,0 +1,31 @@
+"""Make sure the portal's periodic background jobs are scheduled. Safe to run at every start."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import redis
+from django.core.management.base import BaseCommand, CommandError
+
+from onboarding.jobs import ESCALATION_INTERVAL, ESCALATION_JOB_ID, approvals_escalation_schedule
+
+
+class Command(BaseCommand):
+    help = (
+        "Schedule the periodic jobs (escalating overdue approval stages) unless they already are. "
+        "Run it whenever the portal starts; running it again changes nothing. "
+        "The jobs run on an RQ worker started with --with-scheduler."
+    )
+
+    def handle(self, *args, **options):
+        try:
+            scheduled = approvals_escalation_schedule(delay=dt.timedelta(0), only_if_missing=True)
+        except redis.RedisError as error:
+            raise CommandError(f"Could not reach the job queue to schedule the periodic jobs: {error}") from error
+        minutes = int(ESCALATION_INTERVAL.total_seconds() // 60)
+        if scheduled:
+            self.stdout.write(
+                self.style.SUCCESS(f"Scheduled {ESCALATION_JOB_ID}: it runs now, then every {minutes} minutes.")
+            )
+        else:
+            self.stdout.write(f"{ESCALATION_JOB_ID} is already scheduled (every {minutes} minutes).")
