@@ -25,7 +25,7 @@ from portal.exceptions import InvalidStateError, PermissionDeniedError, PortalEr
 from portal.policy.models import TrackingRule
 from portal.policy.services import policy_update
 from tests.onboarding.factories import MailboxRequestFactory, TeamFactory
-from tests.onboarding.test_mailbox_request_support import (
+from tests.onboarding.mailbox_request_support import (
     OPEN_OR_CLOSED,
     another_requester,
     complete_request,

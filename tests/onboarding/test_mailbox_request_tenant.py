@@ -13,7 +13,7 @@ from onboarding.services.mailbox_requests import (
     mailbox_request_update,
 )
 from portal.exceptions import PortalError
-from tests.onboarding.test_mailbox_request_support import complete_request, record_approval_route
+from tests.onboarding.mailbox_request_support import complete_request, record_approval_route
 
 pytestmark = pytest.mark.django_db
 

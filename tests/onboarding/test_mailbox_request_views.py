@@ -31,7 +31,7 @@ from portal.accounts.roles import Role
 from portal.policy.models import TrackingRule
 from tests.factories import UserFactory
 from tests.onboarding.factories import TeamFactory
-from tests.onboarding.test_mailbox_request_support import (
+from tests.onboarding.mailbox_request_support import (
     another_requester,
     complete_request,
     person,

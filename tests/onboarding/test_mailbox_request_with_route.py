@@ -10,7 +10,7 @@ from onboarding.services.mailbox_requests import mailbox_request_submit, mailbox
 from portal.accounts.roles import Role
 from tests.factories import UserFactory
 from tests.onboarding.factories import TeamFactory
-from tests.onboarding.test_mailbox_request_support import complete_request
+from tests.onboarding.mailbox_request_support import complete_request
 
 pytestmark = pytest.mark.django_db
 
