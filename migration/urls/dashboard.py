@@ -1,8 +1,6 @@
 from django.urls import path
 
-from . import views
-
-app_name = "migration"
+from migration.views import dashboard as views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),

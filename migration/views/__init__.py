@@ -1,0 +1,1 @@
+"""Inventory, waves, migration runs and decommissioning: one module per area."""
