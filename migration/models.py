@@ -106,7 +106,9 @@ class InventoryAnnotation(models.Model):
     """What people know that Dataverse does not: corrections, notes, exclusions. Survives every sync."""
 
     mailbox = models.OneToOneField(InventoryMailbox, on_delete=models.CASCADE, related_name="annotation")
-    owner_correction = models.CharField(max_length=320, blank=True, help_text="The real owner, when Dataverse is wrong.")
+    owner_correction = models.CharField(
+        max_length=320, blank=True, help_text="The real owner, when Dataverse is wrong."
+    )
     notes = models.TextField(blank=True)
     excluded = models.BooleanField(default=False, help_text="Left out of migration on purpose.")
     exclusion_reason = models.TextField(blank=True)
