@@ -20,17 +20,20 @@ its own budget, so adding registrations raises throughput.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import redis
 from django.conf import settings
+from redis.commands.core import Script
 
 from portal.m365.config import M365Config
 from portal.m365.errors import TransientError
@@ -41,6 +44,10 @@ DEFAULT_PREFIX = "portal:m365:budget"
 # Graph's Outlook limit per app per mailbox: 10,000 requests in 10 minutes; kept a little below.
 GRAPH_MAILBOX_REQUESTS_PER_WINDOW = 9500
 GRAPH_MAILBOX_WINDOW_SECONDS = 600
+
+
+class _ScriptMissing(Exception):
+    """Redis no longer holds a script (it restarted, or its cache was flushed); load it again."""
 
 
 class BudgetExhaustedError(TransientError):
@@ -96,59 +103,95 @@ local function prune_execution(exec_key, state_key, cutoff)
 end
 """
 
+# Checking and taking one key's facets: the window, the execution time, a concurrency slot.
+_TAKE = """
+-- {wait_ms, reason} when the key has no room now, nil when it has.
+local function refusal(window_key, lease_key, exec_key, state_key, now, window_ms, max_requests, max_concurrent,
+                       max_exec_ms, poll_ms)
+  local blocked_until = tonumber(redis.call('HGET', state_key, 'blocked_until') or '0')
+  if blocked_until > now then
+    return {blocked_until - now, 'blocked'}
+  end
+  if max_requests > 0 then
+    redis.call('ZREMRANGEBYSCORE', window_key, '-inf', now - window_ms)
+    local count = redis.call('ZCARD', window_key)
+    if count >= max_requests then
+      -- Room returns once the oldest (count - max + 1) requests have left the window.
+      local edge = redis.call('ZRANGE', window_key, count - max_requests, count - max_requests, 'WITHSCORES')
+      return {math.max(1, tonumber(edge[2]) + window_ms - now), 'window'}
+    end
+  end
+  if max_exec_ms > 0 then
+    local used = prune_execution(exec_key, state_key, now - window_ms)
+    if used >= max_exec_ms then
+      local oldest = redis.call('ZRANGE', exec_key, 0, 0, 'WITHSCORES')
+      return {math.max(1, tonumber(oldest[2]) + window_ms - now), 'execution'}
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', lease_key, '-inf', now)
+  if redis.call('ZCARD', lease_key) >= max_concurrent then
+    local first = redis.call('ZRANGE', lease_key, 0, 0, 'WITHSCORES')
+    return {math.max(1, math.min(poll_ms, tonumber(first[2]) - now)), 'concurrency'}
+  end
+  return nil
+end
+
+local function take(keys, window_key, lease_key, now, lease_ms, max_requests, lease_id, ttl_ms)
+  redis.call('ZADD', lease_key, now + lease_ms, lease_id)
+  if max_requests > 0 then
+    redis.call('ZADD', window_key, now, lease_id)
+  end
+  for _, key in ipairs(keys) do
+    if redis.call('EXISTS', key) == 1 then extend(key, ttl_ms) end
+  end
+end
+"""
+
 # KEYS: window, leases, execution, state
 # ARGV: now_ms (-1: Redis clock), window_ms, max_requests, max_concurrent, lease_ms, max_exec_ms,
 #       lease_id, poll_ms
 # Returns {1, now} when granted, else {0, wait_ms, reason}.
 _ACQUIRE = (
     _PRELUDE
+    + _TAKE
     + """
-local window_key, lease_key, exec_key, state_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now = now_ms(ARGV[1])
-local window_ms = tonumber(ARGV[2])
-local max_requests = tonumber(ARGV[3])
-local max_concurrent = tonumber(ARGV[4])
-local lease_ms = tonumber(ARGV[5])
-local max_exec_ms = tonumber(ARGV[6])
-local lease_id = ARGV[7]
-local poll_ms = tonumber(ARGV[8])
+local window_ms, max_requests = tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_concurrent, lease_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
+local max_exec_ms, poll_ms = tonumber(ARGV[6]), tonumber(ARGV[8])
+local refused = refusal(KEYS[1], KEYS[2], KEYS[3], KEYS[4], now, window_ms, max_requests, max_concurrent,
+                        max_exec_ms, poll_ms)
+if refused then
+  return {0, refused[1], refused[2]}
+end
+take(KEYS, KEYS[1], KEYS[2], now, lease_ms, max_requests, ARGV[7], window_ms + lease_ms + 60000)
+return {1, now}
+"""
+)
+
+# Several keys at once, all or none. KEYS: window, leases, execution, state of each key in turn.
+# ARGV: as _ACQUIRE, with a lease id prefix in place of the lease id (the n-th key's lease is
+# prefix .. n). Returns {1, now} when every key was granted, else {0, wait_ms, reason} of the
+# first refusal, having taken nothing.
+_ACQUIRE_MANY = (
+    _PRELUDE
+    + _TAKE
+    + """
+local now = now_ms(ARGV[1])
+local window_ms, max_requests = tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_concurrent, lease_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
+local max_exec_ms, poll_ms = tonumber(ARGV[6]), tonumber(ARGV[8])
+for first = 1, #KEYS, 4 do
+  local refused = refusal(KEYS[first], KEYS[first + 1], KEYS[first + 2], KEYS[first + 3], now, window_ms,
+                          max_requests, max_concurrent, max_exec_ms, poll_ms)
+  if refused then
+    return {0, refused[1], refused[2]}
+  end
+end
 local ttl_ms = window_ms + lease_ms + 60000
-
-local blocked_until = tonumber(redis.call('HGET', state_key, 'blocked_until') or '0')
-if blocked_until > now then
-  return {0, blocked_until - now, 'blocked'}
-end
-
-if max_requests > 0 then
-  redis.call('ZREMRANGEBYSCORE', window_key, '-inf', now - window_ms)
-  local count = redis.call('ZCARD', window_key)
-  if count >= max_requests then
-    -- Room returns once the oldest (count - max + 1) requests have left the window.
-    local edge = redis.call('ZRANGE', window_key, count - max_requests, count - max_requests, 'WITHSCORES')
-    return {0, math.max(1, tonumber(edge[2]) + window_ms - now), 'window'}
-  end
-end
-
-if max_exec_ms > 0 then
-  local used = prune_execution(exec_key, state_key, now - window_ms)
-  if used >= max_exec_ms then
-    local oldest = redis.call('ZRANGE', exec_key, 0, 0, 'WITHSCORES')
-    return {0, math.max(1, tonumber(oldest[2]) + window_ms - now), 'execution'}
-  end
-end
-
-redis.call('ZREMRANGEBYSCORE', lease_key, '-inf', now)
-if redis.call('ZCARD', lease_key) >= max_concurrent then
-  local first = redis.call('ZRANGE', lease_key, 0, 0, 'WITHSCORES')
-  return {0, math.max(1, math.min(poll_ms, tonumber(first[2]) - now)), 'concurrency'}
-end
-
-redis.call('ZADD', lease_key, now + lease_ms, lease_id)
-if max_requests > 0 then
-  redis.call('ZADD', window_key, now, lease_id)
-end
-for _, key in ipairs(KEYS) do
-  if redis.call('EXISTS', key) == 1 then extend(key, ttl_ms) end
+for first = 1, #KEYS, 4 do
+  local keys = {KEYS[first], KEYS[first + 1], KEYS[first + 2], KEYS[first + 3]}
+  take(keys, keys[1], keys[2], now, lease_ms, max_requests, ARGV[7] .. ((first - 1) / 4 + 1), ttl_ms)
 end
 return {1, now}
 """
@@ -275,6 +318,10 @@ class RateBudget:
         self._release_script = redis_client.register_script(_RELEASE)
         self._block_script = redis_client.register_script(_BLOCK)
         self._room_script = redis_client.register_script(_ROOM)
+        self._acquire_many_script = redis_client.register_script(_ACQUIRE_MANY)
+        self._loaded: dict[str, bool] = {}
+        self._lease_prefix = f"{uuid.uuid4().hex[:16]}:"
+        self._lease_numbers = itertools.count(1)
 
     # --- public ------------------------------------------------------------------------
 
@@ -285,22 +332,11 @@ class RateBudget:
         ``Retry-After``, a full window) it raises :class:`BudgetExhaustedError` at once with
         ``retry_after`` set, so the job can reschedule instead of holding a worker.
         """
-        lease_id = uuid.uuid4().hex
+        lease_id = self._new_lease_id()
         deadline = self._monotonic() + self._max_wait
         while True:
             result = self._run(
-                self._acquire_script,
-                keys=self._keys(key),
-                args=[
-                    self._now_ms(),
-                    self._ms(self.limits.window_seconds),
-                    self.limits.max_requests,
-                    self.limits.max_concurrent,
-                    self._ms(self.limits.lease_seconds),
-                    self._ms(self.limits.max_execution_seconds),
-                    lease_id,
-                    self._poll_ms,
-                ],
+                self._acquire_script, keys=self._keys(key), args=self._acquire_args(self._now_ms(), lease_id)
             )
             if int(result[0]) == 1:
                 return Lease(budget=self, key=key, lease_id=lease_id)
@@ -312,6 +348,68 @@ class RateBudget:
             if remaining <= 0:
                 raise self._exhausted(key, reason=reason, wait=wait)
             self._sleep(min(wait, remaining))
+
+    def acquire_many(self, keys: Sequence[str]) -> list[Lease]:
+        """Leases for several keys (e.g. every mailbox in one Graph ``$batch``), all or none.
+
+        One script call checks every key and takes them all when each has room. When any is
+        refused, nothing is held, and the keys are taken one by one in sorted order with
+        :meth:`acquire` (which waits, or raises), so two callers wanting overlapping sets cannot
+        each hold half and wait for the other. The keys must live on one Redis server (not a
+        cluster), as every budget of the portal does.
+        """
+        unique = sorted(set(keys))
+        if not unique:
+            return []
+        prefix = f"{self._new_lease_id()}:"
+        all_keys = [name for key in unique for name in self._keys(key)]
+        args = self._acquire_args(self._now_ms(), prefix)
+        result = self._script(self._acquire_many_script, all_keys, args)
+        if int(result[0]) == 1:
+            return [
+                Lease(budget=self, key=key, lease_id=f"{prefix}{number}") for number, key in enumerate(unique, start=1)
+            ]
+        taken: list[Lease] = []
+        try:
+            for key in unique:
+                taken.append(self.acquire(key))
+        except BaseException:
+            self.release_many(taken)
+            raise
+        return taken
+
+    def release_many(self, leases: Sequence[Lease]) -> None:
+        """Give back several leases in one round trip (see :meth:`Lease.release`)."""
+        due = [lease for lease in leases if not lease._released]
+        if not due:
+            return
+        for lease in due:
+            lease._released = True
+        now = time.monotonic()
+        track = 1 if self.limits.max_execution_seconds > 0 else 0
+        ttl_ms = self._ms(self.limits.window_seconds + self.limits.lease_seconds) + 60000
+        try:
+            if track:
+                calls = []
+                for lease in due:
+                    keys = self._keys(lease.key)
+                    duration = max(1, self._ms(now - lease._started))
+                    calls.append(([keys[1], keys[2], keys[3]], [self._now_ms(), lease.lease_id, duration, 1, ttl_ms]))
+                self._pipelined(self._release_script, calls)
+            else:
+                pipe = self._redis.pipeline(transaction=False)
+                for lease in due:
+                    pipe.zrem(self._keys(lease.key)[1], lease.lease_id)
+                self._run_pipeline(pipe)
+        except TransientError:
+            # As in _release: the leases expire by themselves after lease_seconds.
+            logger.warning(
+                "service=%s could not release %d leases; they expire in %.0fs",
+                self.service,
+                len(due),
+                self.limits.lease_seconds,
+                exc_info=True,
+            )
 
     def block(self, key: str, *, seconds: float) -> float:
         """Make every worker wait ``seconds`` before the next request for ``key`` (after a 429).
@@ -371,6 +469,58 @@ class RateBudget:
                 exc_info=True,
             )
 
+    def _script(self, script: Script, keys: list[str], args: list[object]) -> Any:
+        """One call of ``script`` by its SHA (see :meth:`_pipelined`)."""
+        return self._pipelined(script, [(keys, args)])[0]
+
+    def _pipelined(self, script: Script, calls: Sequence[tuple[list[str], list[object]]]) -> list[Any]:
+        """Run ``script`` once per ``(keys, args)`` in one round trip, by its SHA.
+
+        The script is loaded once per budget (and again if Redis lost it, e.g. after a restart),
+        rather than checked before every pipeline as redis-py's ``Script`` would.
+        """
+        for attempt in (1, 2):
+            if not self._loaded.get(script.sha):
+                try:
+                    self._redis.script_load(script.script)
+                except redis.RedisError as exc:
+                    raise self._unavailable(exc) from exc
+                self._loaded[script.sha] = True
+            pipe = self._redis.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            try:
+                return self._run_pipeline(pipe)
+            except _ScriptMissing:
+                self._loaded.pop(script.sha, None)
+                if attempt == 2:
+                    raise self._unavailable(redis.exceptions.NoScriptError()) from None
+        raise AssertionError("unreachable")
+
+    def _run_pipeline(self, pipe: redis.client.Pipeline) -> list[Any]:
+        try:
+            return pipe.execute()
+        except redis.exceptions.NoScriptError as exc:
+            raise _ScriptMissing from exc
+        except redis.RedisError as exc:
+            raise self._unavailable(exc) from exc
+
+    def _new_lease_id(self) -> str:
+        # Unique across processes (the instance's random prefix) without a system call per lease.
+        return f"{self._lease_prefix}{next(self._lease_numbers)}"
+
+    def _acquire_args(self, now_ms: int, lease_id: str) -> list[object]:
+        return [
+            now_ms,
+            self._ms(self.limits.window_seconds),
+            self.limits.max_requests,
+            self.limits.max_concurrent,
+            self._ms(self.limits.lease_seconds),
+            self._ms(self.limits.max_execution_seconds),
+            lease_id,
+            self._poll_ms,
+        ]
+
     def _keys(self, key: str) -> list[str]:
         # The hash tag keeps one key's structures in one slot, so the scripts also run on a cluster.
         base = f"{self._prefix}:{self.service}:{{{key}}}"
@@ -380,11 +530,14 @@ class RateBudget:
         try:
             return script(keys=keys, args=args)
         except redis.RedisError as exc:
-            raise TransientError(
-                message=f"Redis, which holds the shared rate budget, did not answer ({exc.__class__.__name__}).",
-                code="budget_unavailable",
-                service=self.service,
-            ) from exc
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: redis.RedisError) -> TransientError:
+        return TransientError(
+            message=f"Redis, which holds the shared rate budget, did not answer ({exc.__class__.__name__}).",
+            code="budget_unavailable",
+            service=self.service,
+        )
 
     def _exhausted(self, key: str, *, reason: str, wait: float) -> BudgetExhaustedError:
         explanations = {
@@ -420,6 +573,12 @@ class MailboxLimiter:
 
     def acquire(self, *, app_key: str, mailbox: str) -> Lease:
         return self.budget.acquire(self._key(app_key, mailbox))
+
+    def acquire_many(self, *, app_key: str, mailboxes: Sequence[str]) -> list[Lease]:
+        return self.budget.acquire_many([self._key(app_key, mailbox) for mailbox in mailboxes])
+
+    def release_many(self, leases: Sequence[Lease]) -> None:
+        self.budget.release_many(leases)
 
     def block(self, *, app_key: str, mailbox: str, seconds: float) -> float:
         return self.budget.block(self._key(app_key, mailbox), seconds=seconds)

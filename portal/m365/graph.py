@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -220,14 +220,15 @@ class GraphClient(ServiceClient):
                 for answer_id, mailbox in pending.items()
             ]
         }
-        with ExitStack() as slots:
-            # Each request in the batch counts against its own mailbox's concurrency.
-            for mailbox in sorted({mailbox.lower() for mailbox in pending.values()}):
-                slots.enter_context(self.limiter.acquire(app_key=self.app_key, mailbox=mailbox))
+        # Each request in the batch counts against its own mailbox's concurrency.
+        leases = self.limiter.acquire_many(app_key=self.app_key, mailboxes=list(pending.values()))
+        try:
             # Only reads inside, so the batch as a whole is safe to send again.
             response = self._request(
                 "POST", "$batch", json_body=body, headers={"Accept": "application/json"}, idempotent=True
             )
+        finally:
+            self.limiter.release_many(leases)
         payload = self._object(response)
         items = payload.get("responses")
         if not isinstance(items, list):

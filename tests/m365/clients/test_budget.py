@@ -88,6 +88,39 @@ def test_concurrency_slots_are_shared_between_budget_instances(make_budget, fake
     assert raised.value.code == "budget_concurrency"
 
 
+MAILBOXES = [f"{APP}:room{number}@example.gov.uk" for number in range(20)]
+
+
+def test_many_keys_are_taken_together_and_each_counts_against_its_own_limit(make_budget, fake_time):
+    budget = make_budget(max_concurrent=1, max_requests=2, max_wait_seconds=0.2)
+
+    leases = budget.acquire_many([*MAILBOXES, MAILBOXES[0]])  # a repeated key is taken once
+
+    assert sorted(lease.key for lease in leases) == sorted(MAILBOXES)
+    assert fake_time.sleeps == []  # every key had room: nothing waited
+    with pytest.raises(BudgetExhaustedError) as raised:
+        budget.acquire(MAILBOXES[7])  # its one slot is held by the batch
+    assert raised.value.code == "budget_concurrency"
+    budget.release_many(leases)
+    budget.acquire(MAILBOXES[7]).release()  # given back; and that was its second request
+    with pytest.raises(BudgetExhaustedError) as raised:
+        budget.acquire(MAILBOXES[7])
+    assert raised.value.code == "budget_window"
+
+
+def test_when_one_key_has_no_room_none_of_the_others_stay_held(make_budget, fake_time):
+    budget = make_budget(max_concurrent=1, max_wait_seconds=0.1)
+    other_worker = budget.acquire(MAILBOXES[3])
+
+    with pytest.raises(BudgetExhaustedError):
+        budget.acquire_many(MAILBOXES)
+
+    # Every other mailbox is free again at once.
+    budget.release_many([budget.acquire(key) for key in MAILBOXES if key != MAILBOXES[3]])
+    other_worker.release()
+    budget.release_many(budget.acquire_many(MAILBOXES))
+
+
 def test_a_429_blocks_every_worker_of_that_application_user(make_budget, fake_time):
     worker_that_got_429 = make_budget(max_wait_seconds=5)
     another_worker = make_budget(max_wait_seconds=5, connection=redis.Redis.from_url(settings.REDIS_URL))
