@@ -161,6 +161,19 @@ def _blockers(facts: MailboxFacts, klass: str) -> list[Blocker]:
                 "owner_disabled", "The owner is disabled in Dynamics 365.", "Exclude the mailbox, or enable its owner."
             )
         )
+    if (
+        facts.exchange_presence == ExchangePresence.UNKNOWN
+        and facts.email_address
+        and not facts.owner_disabled
+        and klass != Classification.NO_EMAIL
+    ):
+        blockers.append(
+            Blocker(
+                "presence_unknown",
+                "Nobody has checked yet whether the mailbox is in Exchange Online.",
+                "Run discovery again: it asks Microsoft Graph where the mailbox is hosted.",
+            )
+        )
     if facts.exchange_presence == ExchangePresence.NOT_IN_EXCHANGE_ONLINE:
         blockers.append(
             Blocker(
@@ -193,6 +206,15 @@ def _join(parts: list[str]) -> str:
     if len(parts) <= 1:
         return "".join(parts)
     return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def approval_required(owner_type: str, *, for_users: bool, for_queues: bool) -> bool:
+    """Whether the organisation requires an approved address for this owner's kind of mailbox.
+
+    Dataverse has one switch for users and one for queues; a forward mailbox is shared by
+    many and follows the queue switch.
+    """
+    return for_users if owner_type == OwnerType.USER else for_queues
 
 
 def owner_type_of(regarding_type: str | None, is_forward: bool) -> str:

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import zoneinfo
+from typing import Any
+
+import django_rq
+from rq.job import Job
+from rq.registry import ScheduledJobRegistry
 
 from portal import correlation
 
 logger = logging.getLogger(__name__)
+
+# Nightly discovery, under one fixed job id so there is only ever one next run however often
+# it is scheduled (by schedule_periodic_jobs at every start, or by the run before).
+NIGHTLY_DISCOVERY_JOB_ID = "migration-inventory-nightly-discovery"
+NIGHTLY_DISCOVERY_AT = dt.time(2, 0)
+NIGHTLY_DISCOVERY_ZONE = zoneinfo.ZoneInfo("Europe/London")
+NIGHTLY_DISCOVERY_TIMEOUT = 120  # it only queues the discovery run, which has its own job
 
 
 def inventory_sync_job(sync_id: int, *, correlation_id: str = "") -> None:
@@ -18,6 +32,72 @@ def inventory_sync_job(sync_id: int, *, correlation_id: str = "") -> None:
         except Exception:
             logger.exception("inventory discovery %s failed", sync_id)
             raise
+
+
+def next_nightly_discovery(after: dt.datetime) -> dt.datetime:
+    """The next 02:00 in London after ``after`` (02:00 exists exactly once every day there)."""
+    local = after.astimezone(NIGHTLY_DISCOVERY_ZONE)
+    candidate = dt.datetime.combine(local.date(), NIGHTLY_DISCOVERY_AT, tzinfo=NIGHTLY_DISCOVERY_ZONE)
+    if candidate <= local:
+        candidate = dt.datetime.combine(
+            local.date() + dt.timedelta(days=1), NIGHTLY_DISCOVERY_AT, tzinfo=NIGHTLY_DISCOVERY_ZONE
+        )
+    return candidate.astimezone(dt.UTC)
+
+
+def inventory_nightly_discovery_job(*, correlation_id: str = "", reschedule: bool = True) -> None:
+    """Ask for an incremental discovery, having first scheduled tomorrow night's.
+
+    Scheduling first keeps the cycle going even when this night's request fails.
+    """
+    from django.conf import settings
+
+    from migration.models import SyncKind
+    from migration.services.discovery import inventory_sync_request
+
+    with correlation.bound(correlation_id or correlation.new_id()):
+        try:
+            if reschedule:
+                inventory_nightly_discovery_schedule()
+            if not settings.M365.enabled:
+                logger.info("nightly discovery skipped: the Microsoft 365 integration is off")
+                return
+            sync = inventory_sync_request(actor=None, kind=SyncKind.INCREMENTAL)
+        except Exception:
+            logger.exception("nightly inventory discovery could not be requested")
+            raise
+        logger.info("nightly inventory discovery: run %s (%s)", sync.pk, sync.status)
+
+
+def inventory_nightly_discovery_schedule(*, only_if_missing: bool = False, queue: Any = None) -> dt.datetime | None:
+    """Schedule the next nightly discovery, under its fixed job id, at the next 02:00 London time.
+
+    With ``only_if_missing`` an existing schedule (or a run already queued) is left alone, so calling
+    it again changes nothing. Returns when the next run was scheduled for, or ``None`` when left alone.
+    """
+    queue = queue or django_rq.get_queue("default")
+    if only_if_missing and _nightly_pending(queue):
+        return None
+    when = next_nightly_discovery(dt.datetime.now(dt.UTC))
+    queue.enqueue_at(
+        when,
+        inventory_nightly_discovery_job,
+        job_id=NIGHTLY_DISCOVERY_JOB_ID,
+        job_timeout=NIGHTLY_DISCOVERY_TIMEOUT,
+        result_ttl=-1,
+    )
+    # A run schedules its successor under its own job id, so they share one job record. RQ sets
+    # an expiry on a run's record when the run fails; clearing it here keeps the successor alive.
+    queue.connection.persist(Job.key_for(NIGHTLY_DISCOVERY_JOB_ID))
+    return when
+
+
+def _nightly_pending(queue: Any) -> bool:
+    if not Job.exists(NIGHTLY_DISCOVERY_JOB_ID, connection=queue.connection):
+        return False
+    return (
+        NIGHTLY_DISCOVERY_JOB_ID in ScheduledJobRegistry(queue=queue) or NIGHTLY_DISCOVERY_JOB_ID in queue.get_job_ids()
+    )
 
 
 def router_import_job(import_id: int, *, correlation_id: str = "") -> None:

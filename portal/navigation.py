@@ -14,17 +14,17 @@ from portal.accounts.roles import perm
 class Section:
     label: str
     url_name: str
-    permission: str | None  # None: every signed-in person
+    permissions: tuple[str, ...]  # any one of them; empty: every signed-in person
     exact: bool = False
 
 
 SECTIONS: tuple[Section, ...] = (
-    Section("Home", "home", None, exact=True),
-    Section("Requests", "onboarding:requests", "submit_mailbox_requests"),
-    Section("Approvals", "onboarding:approvals", "decide_approvals"),
-    Section("Platform", "platform", "administer_platform"),
-    Section("Migration", "migration:dashboard", "lead_migration"),
-    Section("Audit", "audit:events", "view_audit_trail"),
+    Section("Home", "home", (), exact=True),
+    Section("Requests", "onboarding:requests", ("submit_mailbox_requests",)),
+    Section("Approvals", "onboarding:approvals", ("decide_approvals",)),
+    Section("Platform", "platform", ("administer_platform",)),
+    Section("Migration", "migration:dashboard", ("lead_migration", "administer_platform")),
+    Section("Audit", "audit:events", ("view_audit_trail",)),
 )
 
 
@@ -37,12 +37,13 @@ class NavItem:
 
 
 def navigation_for(request: HttpRequest) -> list[NavItem]:
-    user = request.user
-    if not user.is_authenticated:
+    # Error pages can render before the authentication middleware ran (a bad Host header).
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
         return []
     items = []
     for section in SECTIONS:
-        if section.permission and not user.has_perm(perm(section.permission)):
+        if section.permissions and not any(user.has_perm(perm(name)) for name in section.permissions):
             continue
         url = reverse(section.url_name)
         current = request.path == url

@@ -23,6 +23,8 @@ const css = sass.compile(join(root, "assets", "scss", "portal.scss"), {
 writeFileSync(join(out, "portal", "portal.css"), css.css);
 
 cpSync(join(govuk, "all.bundle.js"), join(out, "govuk", "all.bundle.js"));
+// The bundle names its source map; the hashed static files storage follows that reference.
+cpSync(join(govuk, "all.bundle.js.map"), join(out, "govuk", "all.bundle.js.map"));
 cpSync(join(govuk, "assets", "images"), join(out, "govuk", "assets", "images"), { recursive: true });
 
 console.log(`Built assets into ${out}`);

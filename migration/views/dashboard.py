@@ -1,20 +1,26 @@
+"""The migration lead's start page: where the inventory stands, at a glance."""
+
 from __future__ import annotations
 
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.views.decorators.http import require_GET
 
-from portal.decorators import require_permission
+from migration.selectors.inventory import inventory_summary
+
+from .inventory import classification_tag, inventory_access_required, readiness_tag
 
 
-@require_permission("lead_migration")
-def dashboard(request):
+@require_GET
+@inventory_access_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    summary = inventory_summary()
     return render(
         request,
-        "portal/section.html",
+        "migration/dashboard.html",
         {
-            "caption": "Migration lead",
-            "heading": "Migration",
-            "lede": "Find every mailbox still on the Email Router or the Outlook client, "
-            "move them to server-side synchronisation in waves, and retire the legacy pieces.",
-            "status": "The inventory fills once the portal is connected to Dynamics 365.",
+            "summary": summary,
+            "classification_rows": [(row, classification_tag(row.value)) for row in summary.by_classification],
+            "readiness_rows": [(row, readiness_tag(row.value)) for row in summary.by_readiness],
         },
     )

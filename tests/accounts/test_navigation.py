@@ -10,7 +10,7 @@ from django.urls import reverse
 EXPECTED = {
     "requester": ["Home", "Requests"],
     "approver": ["Home", "Approvals"],
-    "platform_admin": ["Home", "Approvals", "Platform", "Audit"],
+    "platform_admin": ["Home", "Approvals", "Platform", "Migration", "Audit"],
     "migration_lead": ["Home", "Migration"],
     "auditor": ["Home", "Audit"],
     "outsider": ["Home"],

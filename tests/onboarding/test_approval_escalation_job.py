@@ -45,9 +45,12 @@ def schedule_command() -> str:
 
 def test_the_command_schedules_the_job_once_however_often_it_runs(redis_queue):
     assert "Scheduled onboarding-approvals-escalate-overdue: it runs now, then every 5 minutes." in schedule_command()
-    assert "already scheduled" in schedule_command()
-    assert "already scheduled" in schedule_command()
-    assert [job_id for job_id, _ in scheduled(redis_queue)] == [ESCALATION_JOB_ID]
+    assert "onboarding-approvals-escalate-overdue is already scheduled" in schedule_command()
+    assert "onboarding-approvals-escalate-overdue is already scheduled" in schedule_command()
+    # Each periodic job once (the nightly inventory discovery is the other).
+    assert sorted(job_id for job_id, _ in scheduled(redis_queue)) == sorted(
+        [ESCALATION_JOB_ID, "migration-inventory-nightly-discovery"]
+    )
 
 
 def test_the_command_schedules_again_when_the_record_was_lost(redis_queue):

@@ -25,7 +25,7 @@ from tests.servers import ROOT, clean_env, free_port, wait_for_http
 EXPECTED_NAV = {
     "requester": ["Home", "Requests"],
     "approver": ["Home", "Requests", "Approvals"],
-    "admin": ["Home", "Approvals", "Platform", "Audit"],
+    "admin": ["Home", "Approvals", "Platform", "Migration", "Audit"],
     "migration": ["Home", "Migration"],
     "auditor": ["Home", "Audit"],
     "outsider": ["Home"],
@@ -119,6 +119,15 @@ def test_run_command_brings_up_a_working_portal(running_portal):
     while "Chain intact" not in (page := auditor.get(f"{base}/audit/", timeout=10).text):
         assert time.monotonic() < deadline, "the worker did not finish the integrity check"
         time.sleep(0.5)
+
+    # The first discovery was queued at start-up: the demo tenant's mailboxes fill the inventory.
+    lead = sign_in(base, "migration")
+    deadline = time.monotonic() + 60
+    while 'govuk-tag--green">Finished' not in lead.get(f"{base}/migration/discovery/", timeout=10).text:
+        assert time.monotonic() < deadline, "the first discovery did not finish"
+        time.sleep(1)
+    inventory = lead.get(f"{base}/migration/inventory/?classification=email_router", timeout=10).text
+    assert len(set(re.findall(r'href="/migration/inventory/(\d+)/"', inventory))) >= 5
 
 
 @pytest.mark.slow

@@ -7,19 +7,21 @@ import datetime as dt
 import redis
 from django.core.management.base import BaseCommand, CommandError
 
+from migration.jobs import NIGHTLY_DISCOVERY_AT, NIGHTLY_DISCOVERY_JOB_ID, inventory_nightly_discovery_schedule
 from onboarding.jobs import ESCALATION_INTERVAL, ESCALATION_JOB_ID, approvals_escalation_schedule
 
 
 class Command(BaseCommand):
     help = (
-        "Schedule the periodic jobs (escalating overdue approval stages) unless they already are. "
-        "Run it whenever the portal starts; running it again changes nothing. "
+        "Schedule the periodic jobs (escalating overdue approval stages, the nightly inventory discovery) "
+        "unless they already are. Run it whenever the portal starts; running it again changes nothing. "
         "The jobs run on an RQ worker started with --with-scheduler."
     )
 
     def handle(self, *args, **options):
         try:
             scheduled = approvals_escalation_schedule(delay=dt.timedelta(0), only_if_missing=True)
+            nightly = inventory_nightly_discovery_schedule(only_if_missing=True)
         except redis.RedisError as error:
             raise CommandError(f"Could not reach the job queue to schedule the periodic jobs: {error}") from error
         minutes = int(ESCALATION_INTERVAL.total_seconds() // 60)
@@ -29,3 +31,13 @@ class Command(BaseCommand):
             )
         else:
             self.stdout.write(f"{ESCALATION_JOB_ID} is already scheduled (every {minutes} minutes).")
+        at = NIGHTLY_DISCOVERY_AT.strftime("%H:%M")
+        if nightly:
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"Scheduled {NIGHTLY_DISCOVERY_JOB_ID}: it runs every night at {at} London time, "
+                    f"next at {nightly:%Y-%m-%d %H:%M} UTC."
+                )
+            )
+        else:
+            self.stdout.write(f"{NIGHTLY_DISCOVERY_JOB_ID} is already scheduled (every night at {at} London time).")

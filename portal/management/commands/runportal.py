@@ -70,6 +70,14 @@ class Command(BaseCommand):
                     show_output=True,
                 )
             self._run_step("Scheduling periodic jobs", [sys.executable, MANAGE, "schedule_periodic_jobs"], env)
+            if not no_seed and "M365_TENANT_ID" not in os.environ:
+                # The demo tenant's mailboxes fill the legacy inventory as soon as the worker starts.
+                self._run_step(
+                    "Queueing the first inventory discovery",
+                    [sys.executable, MANAGE, "discover_inventory", "--kind", "full", "--if-never-run"],
+                    env,
+                    show_output=True,
+                )
             self._spawn("worker", [sys.executable, MANAGE, "rqworker", "--with-scheduler", "default"], env)
             self._spawn(
                 "web",
