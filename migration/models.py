@@ -3,7 +3,10 @@
 Discovery writes ``InventoryMailbox`` rows from Dataverse (and Graph for
 Exchange Online hosting); classification explains each one; imported Email
 Router configurations record which mailboxes a legacy router still serves.
-Waves, migration runs and decommissioning build on these in later work.
+Waves move inventory mailboxes to server-side sync: a pre-flight reads each one's live
+state, a second person approves, and a run per mailbox goes through checkpointed steps that
+snapshot what they change so it can be rolled back. Decommission plans track each legacy source
+until it is signed off.
 """
 
 from __future__ import annotations
@@ -313,3 +316,297 @@ class LegacyMailboxLink(models.Model):
 
     def __str__(self) -> str:
         return f"{self.email_address} via {self.source}"
+
+
+# --- pre-flight ---------------------------------------------------------------------------------
+
+
+class PreflightStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Checking"
+    FINISHED = "finished", "Finished"
+    FAILED = "failed", "Could not finish"
+
+
+class PreflightVerdict(models.TextChoices):
+    READY = "ready", "Would migrate"
+    BLOCKED = "blocked", "Would fail"
+    ALREADY_COMPLIANT = "already_compliant", "Already compliant"
+    GONE = "gone", "No longer in Dynamics 365"
+
+
+class PreflightRun(models.Model):
+    """A dry run over a set of inventory mailboxes: what would change and what would fail."""
+
+    wave = models.ForeignKey("Wave", on_delete=models.CASCADE, null=True, blank=True, related_name="preflights")
+    status = models.CharField(max_length=20, choices=PreflightStatus.choices, default=PreflightStatus.QUEUED)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    requested_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    mailboxes_total = models.PositiveIntegerField(default=0)
+    mailboxes_checked = models.PositiveIntegerField(default=0)
+    # Counts by verdict, and anything that stopped the run.
+    summary = models.JSONField(default=dict)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Pre-flight {self.pk} ({self.status})"
+
+
+class PreflightResult(models.Model):
+    """One mailbox's pre-flight: live values, planned changes (before → after) and findings with fixes."""
+
+    preflight = models.ForeignKey(PreflightRun, on_delete=models.CASCADE, related_name="results")
+    mailbox = models.ForeignKey(InventoryMailbox, on_delete=models.CASCADE, related_name="preflight_results")
+    verdict = models.CharField(max_length=20, choices=PreflightVerdict.choices)
+    live_state = models.JSONField(default=dict)
+    # [{"field", "label", "before", "after"}]
+    changes = models.JSONField(default=list)
+    # [{"code", "message", "fix", "blocking"}]
+    findings = models.JSONField(default=list)
+    checked_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["preflight", "id"]
+        constraints = [models.UniqueConstraint(fields=["preflight", "mailbox"], name="preflight_result_unique_mailbox")]
+
+    def __str__(self) -> str:
+        return f"{self.mailbox}: {self.verdict}"
+
+
+# --- waves --------------------------------------------------------------------------------------
+
+
+class WaveStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    AWAITING_APPROVAL = "awaiting_approval", "Waiting for approval"
+    APPROVED = "approved", "Approved"
+    RUNNING = "running", "Running"
+    PAUSED = "paused", "Paused"
+    COMPLETED = "completed", "Completed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class Wave(models.Model):
+    """A set of mailboxes migrated together, approved by a platform admin other than its creator."""
+
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    status = models.CharField(max_length=20, choices=WaveStatus.choices, default=WaveStatus.DRAFT)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField()
+    # How the wave was built: the inventory filters, or the uploaded CSV's name and counts.
+    built_from = models.JSONField(default=dict)
+    # Pacing, copied from policy when the wave is created: Test & Enables per window.
+    test_enable_cap = models.PositiveIntegerField(default=200)
+    cap_window_hours = models.PositiveSmallIntegerField(default=5)
+    migrate_act_for_users = models.BooleanField(default=True)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    approved_at = models.DateTimeField(null=True, blank=True)
+    approved_preflight = models.ForeignKey(
+        PreflightRun, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    decision_note = models.TextField(blank=True)
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class WaveMailboxState(models.TextChoices):
+    PENDING = "pending", "Not started"
+    SCHEDULED = "scheduled", "Scheduled"
+    RUNNING = "running", "Migrating"
+    WAITING = "waiting", "Waiting for Test & Enable"
+    MIGRATED = "migrated", "Migrated"
+    NEEDS_ATTENTION = "needs_attention", "Needs attention"
+    ROLLING_BACK = "rolling_back", "Rolling back"
+    ROLLED_BACK = "rolled_back", "Rolled back"
+    ROLLBACK_CONFLICT = "rollback_conflict", "Not rolled back: changed in Dynamics 365"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+# A mailbox is in at most one wave in these states at a time.
+ACTIVE_WAVE_MAILBOX_STATES = (
+    WaveMailboxState.PENDING,
+    WaveMailboxState.SCHEDULED,
+    WaveMailboxState.RUNNING,
+    WaveMailboxState.WAITING,
+    WaveMailboxState.ROLLING_BACK,
+)
+
+
+class WaveMailbox(models.Model):
+    """One mailbox in a wave: its place in the order, when it may start, and its migration run."""
+
+    wave = models.ForeignKey(Wave, on_delete=models.CASCADE, related_name="mailboxes")
+    mailbox = models.ForeignKey(InventoryMailbox, on_delete=models.PROTECT, related_name="wave_entries")
+    # Queues before users, then priority (lower first), then name: the order the wave runs in.
+    position = models.PositiveIntegerField(default=0)
+    priority = models.PositiveSmallIntegerField(default=100)
+    is_queue = models.BooleanField(default=False)
+    state = models.CharField(max_length=20, choices=WaveMailboxState.choices, default=WaveMailboxState.PENDING)
+    active = models.BooleanField(default=True)
+    not_before = models.DateTimeField(null=True, blank=True)
+    # Which worker holds the run and until when; an expired lease lets another worker resume it.
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    # The Dataverse values before the migration changed anything, and their ETags.
+    snapshot = models.JSONField(null=True, blank=True)
+    snapshot_etags = models.JSONField(default=dict)
+    test_enable_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    error_code = models.CharField(max_length=100, blank=True)
+    rollback_report = models.JSONField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["wave", "position", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["wave", "mailbox"], name="wave_mailbox_unique"),
+            models.UniqueConstraint(
+                fields=["mailbox"], condition=models.Q(active=True), name="wave_mailbox_one_active_wave"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["wave", "state"], name="wave_mailbox_state_idx"),
+            models.Index(fields=["state", "lease_expires_at"], name="wave_mailbox_lease_idx"),
+            models.Index(fields=["test_enable_at"], name="wave_mailbox_test_enable_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mailbox} in {self.wave} ({self.state})"
+
+
+class MigrationStepStatus(models.TextChoices):
+    PENDING = "pending", "Not started"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Done"
+    SKIPPED = "skipped", "Not needed"
+    FAILED = "failed", "Failed"
+
+
+class MigrationStep(models.Model):
+    """One checkpointed step of a mailbox's migration (or rollback): what it found, did and when."""
+
+    entry = models.ForeignKey(WaveMailbox, on_delete=models.CASCADE, related_name="steps")
+    order = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=50)
+    status = models.CharField(max_length=20, choices=MigrationStepStatus.choices, default=MigrationStepStatus.PENDING)
+    idempotency_key = models.CharField(max_length=120, unique=True)
+    before_state = models.JSONField(null=True, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    error_code = models.CharField(max_length=100, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["entry", "order"]
+        constraints = [models.UniqueConstraint(fields=["entry", "order"], name="migration_step_unique_order")]
+
+    def __str__(self) -> str:
+        return f"{self.order}. {self.name} ({self.status})"
+
+
+class MigrationProgressDay(models.Model):
+    """Mailboxes by state at the end of a day (overwritten during the day), for the burn-down chart."""
+
+    day = models.DateField(unique=True)
+    legacy = models.PositiveIntegerField(default=0)
+    compliant = models.PositiveIntegerField(default=0)
+    migrated = models.PositiveIntegerField(default=0)
+    needs_attention = models.PositiveIntegerField(default=0)
+    recorded_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["day"]
+
+    def __str__(self) -> str:
+        return f"{self.day}: {self.legacy} legacy"
+
+
+# --- decommissioning ----------------------------------------------------------------------------
+
+
+class DecommissionPlan(models.Model):
+    """Retiring one legacy source: owner, due date, checklist, and the migration lead's sign-off."""
+
+    source = models.OneToOneField(LegacySource, on_delete=models.CASCADE, related_name="decommission")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    due_date = models.DateField(null=True, blank=True)
+    # For an Outlook-client population: the business unit it covers.
+    business_unit_id = models.UUIDField(null=True, blank=True)
+    business_unit_name = models.CharField(max_length=300, blank=True)
+    signed_off_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    signed_off_at = models.DateTimeField(null=True, blank=True)
+    sign_off_note = models.TextField(blank=True)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"Decommissioning {self.source}"
+
+
+class DecommissionItem(models.Model):
+    """One checklist item; ``all_migrated`` is computed from the mailboxes, never ticked."""
+
+    plan = models.ForeignKey(DecommissionPlan, on_delete=models.CASCADE, related_name="items")
+    code = models.CharField(max_length=40)
+    label = models.CharField(max_length=200)
+    done = models.BooleanField(default=False)
+    done_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    done_at = models.DateTimeField(null=True, blank=True)
+    evidence_note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["plan", "id"]
+        constraints = [models.UniqueConstraint(fields=["plan", "code"], name="decommission_item_unique_code")]
+
+    def __str__(self) -> str:
+        return self.label
+
+
+class DecommissionEvidence(models.Model):
+    """A file attached to a checklist item as evidence (kept in the database, size-bounded)."""
+
+    item = models.ForeignKey(DecommissionItem, on_delete=models.CASCADE, related_name="evidence")
+    file_name = models.CharField(max_length=255)
+    content_type = models.CharField(max_length=100)
+    size = models.PositiveIntegerField()
+    sha256 = models.CharField(max_length=64)
+    content = models.BinaryField()
+    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    uploaded_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["item", "uploaded_at"]
+
+    def __str__(self) -> str:
+        return self.file_name

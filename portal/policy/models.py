@@ -31,6 +31,11 @@ class PolicySettings(models.Model):
     # Provisioning: how often to look at an asynchronous Test & Enable, and for how long.
     test_enable_poll_seconds = models.PositiveIntegerField(default=30)
     test_enable_timeout_minutes = models.PositiveIntegerField(default=90)
+    # Migration waves: Microsoft's rollout guidance is at most 200 Test & Enables per 5 hours.
+    wave_test_enable_cap = models.PositiveIntegerField(default=200)
+    wave_cap_window_hours = models.PositiveSmallIntegerField(default=5)
+    # Whether migrating a user mailbox also moves appointments, contacts and tasks to server-side sync.
+    migrate_act_for_users = models.BooleanField(default=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -39,3 +44,21 @@ class PolicySettings(models.Model):
 
     def __str__(self) -> str:
         return "Portal policy"
+
+
+class BlackoutWindow(models.Model):
+    """A period in which no migration Test & Enable starts (e.g. month-end close); the rest waits."""
+
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    reason = models.CharField(max_length=200)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["starts_at"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(ends_at__gt=models.F("starts_at")), name="blackout_ends_after")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.starts_at:%Y-%m-%d %H:%M} to {self.ends_at:%Y-%m-%d %H:%M}"

@@ -1,0 +1,3 @@
+"""Decommission plans for each legacy source."""
+
+urlpatterns: list = []

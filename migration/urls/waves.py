@@ -1,0 +1,3 @@
+"""Waves: building, pre-flight, approval, running and rollback."""
+
+urlpatterns: list = []
