@@ -109,3 +109,26 @@ def router_import_job(import_id: int, *, correlation_id: str = "") -> None:
         except Exception:
             logger.exception("router configuration import %s failed", import_id)
             raise
+
+
+def wave_dispatch_job(wave_id: int, *, correlation_id: str = "") -> None:
+    """Queue the runs of a wave's mailboxes that may start now; see ``wave_dispatch``."""
+    from migration.services.migration_runs import wave_dispatch
+
+    with correlation.bound(correlation_id or correlation.new_id()):
+        try:
+            wave_dispatch(wave_id=wave_id)
+        except Exception:
+            logger.exception("dispatching wave %s failed", wave_id)
+            raise
+
+
+def preflight_run_job(preflight_id: int, *, correlation_id: str = "") -> None:
+    from migration.services.preflight import preflight_run
+
+    with correlation.bound(correlation_id or correlation.new_id()):
+        try:
+            preflight_run(preflight_id=preflight_id)
+        except Exception:
+            logger.exception("pre-flight %s failed", preflight_id)
+            raise
