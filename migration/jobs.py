@@ -132,3 +132,39 @@ def preflight_run_job(preflight_id: int, *, correlation_id: str = "") -> None:
         except Exception:
             logger.exception("pre-flight %s failed", preflight_id)
             raise
+
+
+def migration_run_job(entry_id: int, *, correlation_id: str = "") -> None:
+    """Migrate one wave mailbox as far as it can go now; see ``migration_run``."""
+    from migration.services.migration_runs import migration_run
+
+    with correlation.bound(correlation_id or correlation.new_id()):
+        try:
+            migration_run(entry_id=entry_id)
+        except Exception:
+            logger.exception("migrating wave mailbox %s failed", entry_id)
+            raise
+
+
+def migration_rollback_job(entry_id: int, *, correlation_id: str = "") -> None:
+    """Restore one wave mailbox's snapshot; see ``migration_rollback_run``."""
+    from migration.services.migration_runs import migration_rollback_run
+
+    with correlation.bound(correlation_id or correlation.new_id()):
+        try:
+            migration_rollback_run(entry_id=entry_id)
+        except Exception:
+            logger.exception("rolling back wave mailbox %s failed", entry_id)
+            raise
+
+
+def migration_watchdog_job(entry_id: int, *, correlation_id: str = "") -> None:
+    """Queue a wave mailbox's run again if its worker stopped renewing its lease."""
+    from migration.services.migration_runs import migration_recover
+
+    with correlation.bound(correlation_id or correlation.new_id()):
+        try:
+            migration_recover(entry_id=entry_id)
+        except Exception:
+            logger.exception("checking on wave mailbox %s failed", entry_id)
+            raise

@@ -20,7 +20,6 @@ import itertools
 import logging
 import os
 import socket
-import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from typing import Any
 import django_rq
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import IntegrityError, connections, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import DateTimeField, F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -51,6 +50,7 @@ from portal.accounts.roles import ROLE_GROUP_NAMES, Role
 from portal.audit.models import Outcome
 from portal.audit.services import audit_record
 from portal.exceptions import InvalidStateError, PortalError
+from portal.leases import LeaseHeartbeat
 from portal.m365.dataverse import DataverseClient, DataverseClientPool, bind, odata_string, row_id
 from portal.m365.errors import (
     AccessDeniedError,
@@ -1010,37 +1010,12 @@ def _claim(run_id: int, owner: str) -> str | None:
     return kind
 
 
-class _Heartbeat:
-    """Renews the lease while the worker is busy, from its own thread (and database connection)."""
-
-    def __init__(self, run_id: int, owner: str) -> None:
-        self.run_id = run_id
-        self.owner = owner
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"provisioning-lease-{run_id}", daemon=True)
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=HEARTBEAT_SECONDS * 2)
-
-    def _beat(self) -> None:
-        try:
-            while not self._stop.wait(HEARTBEAT_SECONDS):
-                try:
-                    renewed = ProvisioningRun.objects.filter(
-                        pk=self.run_id, status=RunStatus.RUNNING, lease_owner=self.owner
-                    ).update(lease_expires_at=timezone.now() + dt.timedelta(seconds=LEASE_SECONDS))
-                except Exception:
-                    logger.exception("could not renew the lease on provisioning run %s", self.run_id)
-                    continue
-                if not renewed:
-                    return  # finished, waiting, or taken over: nothing left to hold
-        finally:
-            connections.close_all()  # this thread's connections only
+def _heartbeat(run_id: int, owner: str) -> LeaseHeartbeat:
+    """Renews the run's lease while this worker holds it."""
+    held = ProvisioningRun.objects.filter(pk=run_id, status=RunStatus.RUNNING, lease_owner=owner)
+    return LeaseHeartbeat(
+        held, lease_seconds=LEASE_SECONDS, every_seconds=HEARTBEAT_SECONDS, name=f"provisioning-lease-{run_id}"
+    )
 
 
 def provisioning_advance(*, run_id: int) -> None:
@@ -1053,7 +1028,7 @@ def provisioning_advance(*, run_id: int) -> None:
         logger.info("provisioning run %s: nothing to claim (held, waiting or finished)", run_id)
         return
     try:
-        with _Heartbeat(run_id, owner):
+        with _heartbeat(run_id, owner):
             while True:
                 step = (
                     ProvisioningStep.objects.filter(run_id=run_id)

@@ -358,6 +358,29 @@ SYSTEMUSERS = EntitySet(
     api_delete=False,
 )
 
+# A user's personal options, one row per user keyed by the user's id (Dataverse creates it with the
+# user and removes it with them). The email tracking option defaults to "from Dynamics 365 leads,
+# contacts and accounts" for users.
+USERSETTINGS = EntitySet(
+    "usersettingscollection",
+    "usersettings",
+    "systemuserid",
+    "systemuserid",
+    (
+        _key("systemuserid"),
+        Column("incomingemailfilteringmethod", "choice", EMAIL_FILTERING, default=2),
+        Column("timezonecode", "int", default=85),
+        Column("uilanguageid", "int", default=1033),
+        Column("paginglimit", "int", default=50),
+        _lookup("businessunitid", {"businessunitid": ("businessunits",)}, create=False, update=False),
+        Column("createdon", "datetime", create=False, update=False),
+        Column("modifiedon", "datetime", create=False, update=False),
+        Column("versionnumber", "bigint", create=False, update=False),
+    ),
+    api_create=False,
+    api_delete=False,
+)
+
 EMAILSERVERPROFILES = EntitySet(
     "emailserverprofiles",
     "emailserverprofile",
@@ -540,6 +563,7 @@ ENTITY_SETS: dict[str, EntitySet] = {
         MAILBOXES,
         QUEUES,
         SYSTEMUSERS,
+        USERSETTINGS,
         EMAILSERVERPROFILES,
         ORGANIZATIONS,
         TRACELOGS,
@@ -799,6 +823,8 @@ def insert(store: Store, entity_set: str, values: dict[str, Any], *, now: dt.dat
         table[row_id] = row
         if schema.name in MAILBOX_OWNER_SETS and row.get("_defaultmailbox_value") is None:
             _create_owner_mailbox(store, schema, row, now)
+        if schema.name == "systemusers":
+            _create_user_settings(store, row, now)
         store.touch()
         return table[row_id]
 
@@ -840,6 +866,18 @@ def _create_owner_mailbox(store: Store, schema: EntitySet, owner: dict[str, Any]
     mailbox = insert(store, "mailboxes", values, now=now)
     table = store.table(schema.name)
     table[owner[schema.key]] = {**table[owner[schema.key]], "_defaultmailbox_value": mailbox["mailboxid"]}
+
+
+def _create_user_settings(store: Store, user: Mapping[str, Any], now: dt.datetime | None) -> None:
+    """Dataverse gives every user a personal options row, keyed by the user's id."""
+    if user["systemuserid"] in store.table(USERSETTINGS.name):
+        return
+    insert(
+        store,
+        USERSETTINGS.name,
+        {"systemuserid": user["systemuserid"], "_businessunitid_value": user.get("_businessunitid_value")},
+        now=now,
+    )
 
 
 def _write(
@@ -938,6 +976,8 @@ def delete(store: Store, entity_set: str, row_id: str) -> None:
         row = table.pop(row_id, None)
         if row is None:
             raise schema.not_found(row_id)
+        if schema.name == "systemusers":
+            store.table(USERSETTINGS.name).pop(row_id, None)
         if schema.name in MAILBOX_OWNER_SETS:
             mailboxes = store.table("mailboxes")
             for mailbox_id in [
