@@ -657,6 +657,15 @@ class _Discovery:
                 after={"kind": self.sync.kind, **counts, "seconds": round((now - started).total_seconds(), 1)},
                 reason="; ".join(self.warnings),
             )
+        # The burn-down's row for today; a failure here must not fail the discovery that finished.
+        from django.db import DatabaseError
+
+        from migration.services.progress import progress_record_today
+
+        try:
+            progress_record_today()
+        except DatabaseError:
+            logger.exception("recording today's migration progress after discovery %s failed", self.sync.pk)
 
     # --- organisation, profiles, business units, teams, owners, alerts -------------------------
 

@@ -20,6 +20,7 @@ from django.views.decorators.http import require_GET
 from migration.forms.inventory import InventoryFilterForm
 from migration.models import Classification, InventoryMailbox, Readiness
 from migration.selectors import inventory as selectors
+from migration.selectors.timeline import mailbox_timeline
 from portal.accounts.roles import perm
 from portal.audit.services import audit_record
 from portal.csv_safe import csv_rows
@@ -286,5 +287,6 @@ def inventory_mailbox(request: HttpRequest, mailbox_id: int) -> HttpResponse:
             "classification": classification_tag(record.mailbox.classification),
             "readiness": readiness_tag(record.mailbox.readiness),
             "annotation_url": _annotation_url(request, record.mailbox.pk),
+            "timeline": mailbox_timeline(record.mailbox),
         },
     )

@@ -144,3 +144,57 @@ class LegacyMailboxLinkFactory(factory.django.DjangoModelFactory):
     object_name = factory.LazyAttribute(lambda o: o.mailbox.name if o.mailbox else "")
     directions = factory.LazyFunction(lambda: ["incoming", "outgoing"])
     profile_names = factory.LazyFunction(lambda: ["Incoming POP3", "Outgoing SMTP"])
+
+
+# --- waves and pre-flights ----------------------------------------------------------------------
+
+
+class WaveFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "migration.Wave"
+
+    name = factory.Sequence(lambda n: f"Wave {n}")
+    created_by = factory.SubFactory("tests.factories.UserFactory")
+    created_at = factory.LazyFunction(timezone.now)
+
+
+class WaveMailboxFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "migration.WaveMailbox"
+
+    wave = factory.SubFactory(WaveFactory)
+    mailbox = factory.SubFactory(InventoryMailboxFactory, readiness=Readiness.READY)
+    position = factory.Sequence(lambda n: n + 1)
+    is_queue = factory.LazyAttribute(lambda o: o.mailbox.owner_type == OwnerType.QUEUE)
+
+
+class PreflightRunFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "migration.PreflightRun"
+
+    wave = factory.SubFactory(WaveFactory)
+    status = "finished"
+    requested_by = factory.LazyAttribute(lambda o: o.wave.created_by if o.wave else None)
+    requested_at = factory.LazyFunction(timezone.now)
+    finished_at = factory.LazyFunction(timezone.now)
+
+
+class PreflightResultFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "migration.PreflightResult"
+
+    preflight = factory.SubFactory(PreflightRunFactory)
+    mailbox = factory.SubFactory(InventoryMailboxFactory)
+    verdict = "ready"
+    checked_at = factory.LazyFunction(timezone.now)
+
+
+# --- decommissioning, progress and timelines ---------------------------------------------------
+
+
+def router_serving(source: LegacySource, *mailboxes: InventoryMailbox) -> RouterImport:
+    """Record that the Email Router ``source`` serves these mailboxes (one import, one link each)."""
+    record = RouterImportFactory(source=source)
+    for mailbox in mailboxes:
+        LegacyMailboxLinkFactory(router_import=record, source=source, mailbox=mailbox)
+    return record

@@ -435,3 +435,16 @@ def test_the_list_costs_the_same_queries_for_10_and_1000_mailboxes(
         assert lead_client.get(url, after_fifth).status_code == 200
     with django_assert_num_queries(backwards):
         assert lead_client.get(url, {**params, "before": cursor_encode(("zz", 999999))}).status_code == 200
+
+
+def test_a_filtered_list_offers_a_wave_of_those_mailboxes_to_migration_leads(lead_client, platform_admin, client_for):
+    InventoryMailboxFactory(name="Router queue", classification="email_router", owner_type="queue")
+    wave_link = reverse("migration:wave_new") + "?classification=email_router"
+
+    filtered = unescape(lead_client.get(reverse(LIST), {"classification": "email_router"}).content.decode())
+    unfiltered = lead_client.get(reverse(LIST)).content.decode()
+    as_admin = client_for(platform_admin).get(reverse(LIST), {"classification": "email_router"}).content.decode()
+
+    assert "Plan a wave of these mailboxes" in filtered and wave_link in filtered
+    assert "Plan a wave" not in unfiltered  # a wave of the whole inventory is one filter away, deliberately
+    assert "Plan a wave" not in as_admin  # platform admins approve waves, they do not plan them
