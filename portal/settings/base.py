@@ -90,6 +90,8 @@ RQ_QUEUES = {
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
 }
 RQ_SHOW_ADMIN_LINK = False
+# Forked jobs inherit the worker's Microsoft 365 tokens instead of each fetching their own.
+RQ = {"WORKER_CLASS": "portal.worker.PortalWorker"}
 
 AUTH_USER_MODEL = "accounts.User"
 LOGIN_URL = "accounts:sign_in"
