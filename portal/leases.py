@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import socket
 import threading
+import uuid
 
 from django.db import connections
 from django.db.models import QuerySet
 from django.utils import timezone
 
 logger = logging.getLogger(__name__)
+
+
+def new_lease_owner() -> str:
+    """A name for this worker's claim: host, process and a random part, unique across workers."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class LeaseHeartbeat:

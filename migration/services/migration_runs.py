@@ -25,9 +25,6 @@ import datetime as dt
 import itertools
 import json
 import logging
-import os
-import socket
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,9 +54,16 @@ from portal.accounts.roles import perm
 from portal.audit.models import Outcome
 from portal.audit.services import audit_record
 from portal.exceptions import InvalidStateError, PermissionDeniedError
-from portal.leases import LeaseHeartbeat
+from portal.leases import LeaseHeartbeat, new_lease_owner
 from portal.m365.dataverse import DataverseClient, DataverseClientPool, bind, odata_string, row_id
-from portal.m365.errors import AccessDeniedError, ConcurrencyError, M365Error, NotFoundError, TransientError
+from portal.m365.errors import (
+    AccessDeniedError,
+    ConcurrencyError,
+    M365Error,
+    NotFoundError,
+    TransientError,
+    describe_error,
+)
 from portal.policy.models import BlackoutWindow, PolicySettings
 from portal.policy.services import policy_get
 
@@ -1114,10 +1118,6 @@ def _complete_wave(wave: Wave, now: dt.datetime) -> None:
 # --- the run job --------------------------------------------------------------------------------
 
 
-def _new_owner() -> str:
-    return f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 def _lease_fields(owner: str, now: dt.datetime, state: str) -> dict[str, Any]:
     return {
         "state": state,
@@ -1193,7 +1193,7 @@ def migration_run(*, entry_id: int) -> None:
 
     A duplicate job finds nothing to claim and does nothing.
     """
-    owner = _new_owner()
+    owner = new_lease_owner()
     if _claim_run(entry_id, owner) is None:
         _release_stopped(entry_id)
         logger.info("wave mailbox %s: nothing to claim (held, waiting, finished or paused)", entry_id)
@@ -1224,7 +1224,7 @@ def migration_run(*, entry_id: int) -> None:
 
 def migration_rollback_run(*, entry_id: int) -> None:
     """The rollback job's work: claim the mailbox being rolled back and restore its snapshot."""
-    owner = _new_owner()
+    owner = new_lease_owner()
     if _claim_rollback(entry_id, owner) is None:
         logger.info("wave mailbox %s: no rollback to claim", entry_id)
         return
@@ -1335,7 +1335,7 @@ def _attempt(entry_id: int, step_id: int, owner: str, *, rollback: bool, memo: d
         _retry_later(ctx, error, seconds=error.retry_after)
         return False
     except M365Error as error:
-        _fail(ctx, _describe(error), code=error.code or (f"http_{error.status}" if error.status else "m365_error"))
+        _fail(ctx, describe_error(error), code=error.code or (f"http_{error.status}" if error.status else "m365_error"))
         return False
     except ImproperlyConfigured as error:
         _fail(ctx, f"The Microsoft 365 configuration is incomplete: {error}", code="configuration")
@@ -1356,15 +1356,6 @@ def _attempt(entry_id: int, step_id: int, owner: str, *, rollback: bool, memo: d
         return False
     _succeed(ctx, outcome)
     return True
-
-
-def _describe(error: M365Error) -> str:
-    service = {"exchange": "Exchange Online", "dataverse": "Dynamics 365", "graph": "Microsoft Graph"}.get(
-        error.service, "Microsoft 365"
-    )
-    status = f" ({error.status}{' ' + error.code if error.code else ''})" if error.status else ""
-    reference = f" Microsoft's request id: {error.request_id}." if error.request_id else ""
-    return f"{service} answered with an error{status}: {error.message.strip()}{reference}"
 
 
 def _succeed(ctx: RunContext, done: Done) -> None:
@@ -1425,7 +1416,7 @@ def _wait(ctx: RunContext, wait: Wait) -> None:
 def _retry_later(ctx: RunContext, error: BaseException, *, seconds: float | None) -> None:
     """A temporary failure: note it and try the whole (re-checking) step again later."""
     started = ctx.step.started_at or timezone.now()
-    message = _describe(error) if isinstance(error, M365Error) else f"{type(error).__name__}: {error}"
+    message = describe_error(error) if isinstance(error, M365Error) else f"{type(error).__name__}: {error}"
     if timezone.now() - started > TRANSIENT_GIVE_UP:
         hours = int(TRANSIENT_GIVE_UP.total_seconds() // 3600)
         _fail(
@@ -1604,7 +1595,7 @@ def _finish_later(entry_id: int, owner: str, error: M365Error) -> None:
         entry.not_before = timezone.now() + dt.timedelta(seconds=seconds)
         entry.lease_owner = ""
         entry.lease_expires_at = None
-        entry.last_error = f"Temporary error, trying again: {_describe(error)}"[:4000]
+        entry.last_error = f"Temporary error, trying again: {describe_error(error)}"[:4000]
         entry.save(update_fields=["state", "not_before", "lease_owner", "lease_expires_at", "last_error"])
         _queue_run(entry_id, seconds=seconds)
 

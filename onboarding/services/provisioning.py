@@ -18,9 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import logging
-import os
-import socket
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +47,7 @@ from portal.accounts.roles import ROLE_GROUP_NAMES, Role
 from portal.audit.models import Outcome
 from portal.audit.services import audit_record
 from portal.exceptions import InvalidStateError, PortalError
-from portal.leases import LeaseHeartbeat
+from portal.leases import LeaseHeartbeat, new_lease_owner
 from portal.m365.dataverse import DataverseClient, DataverseClientPool, bind, odata_string, row_id
 from portal.m365.errors import (
     AccessDeniedError,
@@ -58,6 +55,7 @@ from portal.m365.errors import (
     M365Error,
     NotFoundError,
     TransientError,
+    describe_error,
 )
 from portal.m365.exchange import ExchangeAdminClient
 from portal.m365.rows import (
@@ -970,10 +968,6 @@ def _schedule_watchdog(run_id: int, *, seconds: float) -> None:
 # --- the job ------------------------------------------------------------------------------------
 
 
-def _new_owner() -> str:
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 def _claim(run_id: int, owner: str) -> str | None:
     """Take the run if it is queued, due, or abandoned (expired lease); None when there is nothing to take."""
     now = timezone.now()
@@ -1023,7 +1017,7 @@ def provisioning_advance(*, run_id: int) -> None:
 
     A duplicate job finds nothing to claim and does nothing.
     """
-    owner = _new_owner()
+    owner = new_lease_owner()
     if _claim(run_id, owner) is None:
         logger.info("provisioning run %s: nothing to claim (held, waiting or finished)", run_id)
         return
@@ -1095,7 +1089,7 @@ def _attempt(run_id: int, step_id: int, owner: str) -> bool:
         _retry_later(ctx, error, seconds=error.retry_after)
         return False
     except M365Error as error:
-        _fail(ctx, _describe(error), code=error.code or (f"http_{error.status}" if error.status else "m365_error"))
+        _fail(ctx, describe_error(error), code=error.code or (f"http_{error.status}" if error.status else "m365_error"))
         return False
     except ImproperlyConfigured as error:
         _fail(ctx, f"The Microsoft 365 configuration is incomplete: {error}", code="configuration")
@@ -1116,15 +1110,6 @@ def _attempt(run_id: int, step_id: int, owner: str) -> bool:
         return False
     _succeed(ctx, outcome)
     return True
-
-
-def _describe(error: M365Error) -> str:
-    service = {"exchange": "Exchange Online", "dataverse": "Dynamics 365", "graph": "Microsoft Graph"}.get(
-        error.service, "Microsoft 365"
-    )
-    status = f" ({error.status}{' ' + error.code if error.code else ''})" if error.status else ""
-    reference = f" Microsoft's request id: {error.request_id}." if error.request_id else ""
-    return f"{service} answered with an error{status}: {error.message.strip()}{reference}"
 
 
 def _step_fields(ctx: StepContext) -> dict[str, Any]:
@@ -1199,7 +1184,7 @@ def _wait(ctx: StepContext, wait: Wait) -> None:
 def _retry_later(ctx: StepContext, error: BaseException, *, seconds: float | None) -> None:
     """A temporary failure: note it and try the whole (re-checking) step again later."""
     started = ctx.step.started_at or timezone.now()
-    message = _describe(error) if isinstance(error, M365Error) else f"{type(error).__name__}: {error}"
+    message = describe_error(error) if isinstance(error, M365Error) else f"{type(error).__name__}: {error}"
     if timezone.now() - started > TRANSIENT_GIVE_UP:
         hours = int(TRANSIENT_GIVE_UP.total_seconds() // 3600)
         _fail(

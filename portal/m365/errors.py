@@ -73,3 +73,13 @@ class ValidationError(M365Error):
 
 class ResponseFormatError(M365Error):
     """The service answered with something we cannot parse; never retried blindly."""
+
+
+def describe_error(error: M365Error) -> str:
+    """One sentence for a person: which service refused, its status and code, its words, and the request id."""
+    service = {"exchange": "Exchange Online", "dataverse": "Dynamics 365", "graph": "Microsoft Graph"}.get(
+        error.service, "Microsoft 365"
+    )
+    status = f" ({error.status}{' ' + error.code if error.code else ''})" if error.status else ""
+    reference = f" Microsoft's request id: {error.request_id}." if error.request_id else ""
+    return f"{service} answered with an error{status}: {error.message.strip()}{reference}"
