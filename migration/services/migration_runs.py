@@ -1702,8 +1702,6 @@ def _record_progress() -> None:
         from migration.services.progress import progress_record_today
 
         progress_record_today()
-    except NotImplementedError:
-        return
     except Exception:
         logger.exception("could not record today's migration progress")
 
