@@ -1,47 +1,30 @@
-"""The portal's RQ worker: each forked job starts with the Microsoft 365 tokens its parent holds."""
+"""The portal's RQ worker: jobs run one after another in the worker's own long-lived process."""
 
 from __future__ import annotations
 
-import logging
-import time
-
-from django.conf import settings
-from rq.worker import Worker
-
-from portal.m365.errors import M365Error
-from portal.m365.tokens import tokens_warm
-
-logger = logging.getLogger(__name__)
-
-# MSAL hands out a cached token until it is within minutes of expiring; looking again this often
-# keeps what the children inherit fresh. After a failure, try again sooner.
-REWARM_SECONDS = 15 * 60
-RETRY_SECONDS = 60
+from django.db import close_old_connections
+from rq.worker import SimpleWorker
 
 
-class PortalWorker(Worker):
-    """``rqworker`` with tokens fetched once in the long-lived parent and inherited by every job.
+class PortalWorker(SimpleWorker):
+    """``rqworker`` without a fork per job.
 
-    Without it every job (a fresh forked process) asks Entra ID for the discovery document and a
-    token per resource before doing any work. A job whose inherited token is missing or expired
-    simply fetches its own, so a failure here only costs speed.
+    RQ's default worker forks a fresh process for every job, and each one then pays again for
+    what the worker already has: Django's start-up, a database connection, the Entra ID discovery
+    document and a token per resource, and TLS handshakes with every Microsoft 365 host. Running
+    jobs in the worker's process keeps all of that warm (MSAL's token cache and the HTTP sessions
+    live for the process), which is most of a short migration step's cost.
+
+    What forking gave is kept where it matters: a job's timeout still interrupts it (RQ's
+    alarm-based death penalty runs in this process), a job that fails leaves the worker running,
+    and database connections are checked before and after every job as Django does around a
+    request, so a connection a job broke or left open is not handed to the next one. A worker
+    killed mid-job loses only that job, which the services' leases and checked steps recover.
     """
 
-    _next_warm = 0.0
-
     def execute_job(self, job, queue):  # type: ignore[no-untyped-def]
-        self._warm_tokens()
-        return super().execute_job(job, queue)
-
-    def _warm_tokens(self) -> None:
-        config = settings.M365
-        now = time.monotonic()
-        if not config.enabled or now < self._next_warm:
-            return
+        close_old_connections()
         try:
-            tokens_warm(config)
-        except M365Error as error:
-            logger.warning("could not fetch Microsoft 365 tokens ahead of jobs: %s", error)
-            self._next_warm = now + RETRY_SECONDS
-            return
-        self._next_warm = now + REWARM_SECONDS
+            return super().execute_job(job, queue)
+        finally:
+            close_old_connections()

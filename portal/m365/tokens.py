@@ -43,10 +43,6 @@ _CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-
 _apps: dict[tuple[int, str, str, str], msal.ConfidentialClientApplication] = {}
 _app_locks: dict[tuple[int, str, str, str], threading.Lock] = {}
 _apps_lock = threading.Lock()
-# What a warmed parent process hands its forked children (see ``tokens_warm``): per registration,
-# MSAL's HTTP cache (the authority's discovery document) and its serialised token cache.
-_inherited: dict[tuple[str, str, str], tuple[dict, str]] = {}
-_http_caches: dict[tuple[int, str, str, str], dict] = {}
 
 
 class EntraHttpClient:
@@ -142,13 +138,6 @@ class TokenProvider:
         with lock:
             app = _apps.get(key)
             if app is None:
-                token_cache = msal.SerializableTokenCache()
-                http_cache: dict = {}
-                inherited = _inherited.get(key[1:])
-                if inherited is not None:
-                    # Tokens a parent worker fetched before forking: this job need not ask again.
-                    http_cache.update(inherited[0])
-                    token_cache.deserialize(inherited[1])
                 try:
                     app = msal.ConfidentialClientApplication(
                         self._registration.client_id,
@@ -162,8 +151,6 @@ class TokenProvider:
                             timeout_seconds=self._config.timeout_seconds,
                             app=self._registration.client_id,
                         ),
-                        token_cache=token_cache,
-                        http_cache=http_cache,
                     )
                 except M365Error:
                     raise
@@ -171,16 +158,7 @@ class TokenProvider:
                     raise self._failure(exc, doing="setting up the sign-in authority", method="GET") from exc
                 with _apps_lock:
                     _apps[key] = app
-                    _http_caches[key] = http_cache
         return app
-
-    def hand_down(self) -> None:
-        """Keep this process's discovery document and tokens for the processes it forks next."""
-        app = self._application()
-        key = (os.getpid(), *_app_key_without_pid(self._config, self._registration))
-        cache = app.token_cache
-        if isinstance(cache, msal.SerializableTokenCache):
-            _inherited[key[1:]] = (dict(_http_caches.get(key, {})), cache.serialize())
 
     def _credential(self) -> str | dict[str, str]:
         if not self._registration.uses_certificate:
@@ -223,21 +201,6 @@ class TokenProvider:
 
 def token_provider(*, config: M365Config, registration: AppRegistration) -> TokenProvider:
     return TokenProvider(config=config, registration=registration)
-
-
-def tokens_warm(config: M365Config) -> int:
-    """Fetch (or find still valid) a token for every registration and resource, and keep them for the
-    processes this one forks next: an RQ worker forks a fresh process for every job, and without
-    this each job would fetch the discovery document and its tokens again. Returns how many tokens."""
-    resources = [url for url in (config.dataverse_url, config.graph_url, config.exchange_admin_url) if url]
-    count = 0
-    for registration in config.registrations:
-        provider = TokenProvider(config=config, registration=registration)
-        for resource in resources:
-            provider.token(scope=config.scope_for(resource))
-            count += 1
-        provider.hand_down()
-    return count
 
 
 def _app_key_without_pid(config: M365Config, registration: AppRegistration) -> tuple[str, str, str]:
