@@ -8,6 +8,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+# Two test processes: much of the suite waits on real servers, workers and browsers, not the CPU.
+# Each gets its own test database and Redis database (see portal/settings/test.py). Tests marked
+# `serial` measure timing under load they create themselves, so they run afterwards, alone.
+PYTEST_ARGS ?=
 
 .PHONY: run test lint format install assets check-deploy clean
 
@@ -17,7 +21,9 @@ run: install assets
 test: install assets
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest $(PYTEST_ARGS)
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest -n 2 -m "not serial" $(PYTEST_ARGS)
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest -m serial $(PYTEST_ARGS) \
+		|| [ $$? -eq 5 ]  # 5: nothing selected (PYTEST_ARGS chose other tests)
 
 lint: install
 	$(BIN)/ruff check .

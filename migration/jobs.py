@@ -7,11 +7,8 @@ import logging
 import zoneinfo
 from typing import Any
 
-import django_rq
-from rq.job import Job
-from rq.registry import ScheduledJobRegistry
-
 from portal import correlation
+from portal.queue import periodic_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -75,29 +72,16 @@ def inventory_nightly_discovery_schedule(*, only_if_missing: bool = False, queue
     With ``only_if_missing`` an existing schedule (or a run already queued) is left alone, so calling
     it again changes nothing. Returns when the next run was scheduled for, or ``None`` when left alone.
     """
-    queue = queue or django_rq.get_queue("default")
-    if only_if_missing and _nightly_pending(queue):
-        return None
     when = next_nightly_discovery(dt.datetime.now(dt.UTC))
-    queue.enqueue_at(
-        when,
+    scheduled = periodic_schedule(
         inventory_nightly_discovery_job,
         job_id=NIGHTLY_DISCOVERY_JOB_ID,
         job_timeout=NIGHTLY_DISCOVERY_TIMEOUT,
-        result_ttl=-1,
+        at=when,
+        only_if_missing=only_if_missing,
+        queue=queue,
     )
-    # A run schedules its successor under its own job id, so they share one job record. RQ sets
-    # an expiry on a run's record when the run fails; clearing it here keeps the successor alive.
-    queue.connection.persist(Job.key_for(NIGHTLY_DISCOVERY_JOB_ID))
-    return when
-
-
-def _nightly_pending(queue: Any) -> bool:
-    if not Job.exists(NIGHTLY_DISCOVERY_JOB_ID, connection=queue.connection):
-        return False
-    return (
-        NIGHTLY_DISCOVERY_JOB_ID in ScheduledJobRegistry(queue=queue) or NIGHTLY_DISCOVERY_JOB_ID in queue.get_job_ids()
-    )
+    return when if scheduled else None
 
 
 def router_import_job(import_id: int, *, correlation_id: str = "") -> None:

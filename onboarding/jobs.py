@@ -6,11 +6,8 @@ import datetime as dt
 import logging
 from typing import Any
 
-import django_rq
-from rq.job import Job
-from rq.registry import ScheduledJobRegistry
-
 from portal import correlation
+from portal.queue import periodic_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -82,24 +79,11 @@ def approvals_escalation_schedule(
     With ``only_if_missing`` an existing schedule (or a run already queued) is left alone, so
     calling it again changes nothing. Returns whether a run was scheduled.
     """
-    queue = queue or django_rq.get_queue("default")
-    if only_if_missing and _escalation_pending(queue):
-        return False
-    queue.enqueue_in(
-        delay,
+    return periodic_schedule(
         approvals_escalate_overdue_job,
         job_id=ESCALATION_JOB_ID,
         job_timeout=ESCALATION_TIMEOUT,
-        result_ttl=-1,
+        delay=delay,
+        only_if_missing=only_if_missing,
+        queue=queue,
     )
-    # A run schedules its successor under its own job id, so they share one job record. RQ sets
-    # an expiry on a run's record when the run fails; clearing it here keeps the successor alive.
-    queue.connection.persist(Job.key_for(ESCALATION_JOB_ID))
-    return True
-
-
-def _escalation_pending(queue: Any) -> bool:
-    """The next run is scheduled or queued, and its record is there to run from."""
-    if not Job.exists(ESCALATION_JOB_ID, connection=queue.connection):
-        return False
-    return ESCALATION_JOB_ID in ScheduledJobRegistry(queue=queue) or ESCALATION_JOB_ID in queue.get_job_ids()

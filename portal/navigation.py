@@ -23,7 +23,10 @@ SECTIONS: tuple[Section, ...] = (
     Section("Requests", "onboarding:requests", ("submit_mailbox_requests",)),
     Section("Approvals", "onboarding:approvals", ("decide_approvals",)),
     Section("Platform", "platform", ("administer_platform",)),
+    Section("Policy", "policy:summary", ("administer_platform",)),
     Section("Migration", "migration:dashboard", ("lead_migration", "administer_platform")),
+    # Everyone signed in: owners review their own mailboxes' alerts there.
+    Section("Mailbox health", "governance:alerts", ()),
     Section("Audit", "audit:events", ("view_audit_trail",)),
 )
 

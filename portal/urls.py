@@ -11,6 +11,8 @@ urlpatterns = [
     path("audit/", include("portal.audit.urls")),
     path("", include("onboarding.urls")),
     path("migration/", include("migration.urls")),
+    path("policy/", include("portal.policy.urls")),
+    path("health/", include("governance.urls")),
 ]
 
 handler500 = "portal.views.server_error"

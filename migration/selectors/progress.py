@@ -56,7 +56,7 @@ class BurnDown:
     baseline: int = CHART_HEIGHT - CHART_BOTTOM
 
 
-def _nice_ceiling(value: int) -> int:
+def nice_ceiling(value: int) -> int:
     """The smallest 1, 2 or 5 times a power of ten at or above ``value``, so axis labels are round."""
     step = 1
     while True:
@@ -69,7 +69,7 @@ def _nice_ceiling(value: int) -> int:
 def burn_down(*, days: int = BURN_DOWN_DAYS) -> BurnDown:
     """The last ``days`` recorded days, oldest first, with the chart's lines worked out: one query."""
     rows = list(reversed(MigrationProgressDay.objects.order_by("-day")[:days]))
-    top = _nice_ceiling(
+    top = nice_ceiling(
         max((max(row.legacy, row.migrated, row.compliant, row.needs_attention) for row in rows), default=0) or 1
     )
     plot_width = CHART_WIDTH - CHART_LEFT - CHART_RIGHT

@@ -70,7 +70,7 @@ from portal.audit.models import Outcome
 from portal.audit.services import audit_record
 from portal.exceptions import ConfigurationError, PortalError
 from portal.m365.config import M365Config
-from portal.m365.dataverse import DataverseClientPool
+from portal.m365.dataverse import DataverseClientPool, odata_datetime
 from portal.m365.errors import AccessDeniedError, AuthenticationError, M365Error
 from portal.m365.graph import MAX_BATCH_REQUESTS, GraphClient, MailboxPresence, PresenceReason
 from portal.m365.http import build_session
@@ -510,10 +510,6 @@ def _presence_values(presence: MailboxPresence) -> tuple[str, str]:
     return ExchangePresence.NOT_IN_EXCHANGE_ONLINE.value, ""
 
 
-def _odata_moment(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _ids_filter(column: str, ids: Sequence[uuid.UUID]) -> str:
     return " or ".join(f"{column} eq {id_}" for id_ in ids)
 
@@ -765,7 +761,7 @@ class _Discovery:
         self.scratch.settle_teams()
 
     def _changed_filter(self) -> str | None:
-        return f"modifiedon gt {_odata_moment(self.since)}" if self.since is not None else None
+        return f"modifiedon gt {odata_datetime(self.since)}" if self.since is not None else None
 
     def _read_owners(self) -> None:
         client = self.pool.client()

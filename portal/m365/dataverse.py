@@ -7,8 +7,10 @@ spreads work over every configured application registration, each with its own b
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
+import logging
 import re
 import time
 import uuid
@@ -20,6 +22,7 @@ from urllib.parse import quote, urlencode
 
 import requests
 from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError
 from requests.structures import CaseInsensitiveDict
 
 from portal.m365.budget import RateBudget, dataverse_budget
@@ -38,6 +41,10 @@ _ENTITY_ID = re.compile(rf"\(({_GUID})\)\s*$")
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.I)
 _STATUS_LINE = re.compile(r"^HTTP/\d(?:\.\d)?\s+(\d{3})\s*(.*)$")
 _CRLF = "\r\n"
+# How long a pool trusts the policy's list of application users before reading it again.
+APPLICATION_USERS_CACHE_SECONDS = 30.0
+
+logger = logging.getLogger(__name__)
 
 
 class _RowType(Protocol):
@@ -73,6 +80,11 @@ def bind(entity_set: str, row_id_value: str) -> str:
 def odata_string(value: str) -> str:
     """A string literal for ``$filter``: single quotes, with embedded quotes doubled."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def odata_datetime(moment: dt.datetime) -> str:
+    """A ``$filter`` date-time literal in UTC, to the second (Dataverse stores no finer)."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def entity_id_from(url: str | None) -> str | None:
@@ -667,11 +679,19 @@ def _parse_http(part_headers: CaseInsensitiveDict, payload: bytes) -> _Answer:
 # --- the pool ---------------------------------------------------------------------------------
 
 
+def _policy_application_users() -> list[str]:
+    # Imported here: the policy's models need the app registry, which this module must not.
+    from portal.policy.selectors import policy_application_users
+
+    return policy_application_users()
+
+
 class DataverseClientPool:
     """One client per application registration; :meth:`client` picks the one with most room.
 
     Each registration is its own application user with its own service protection budget, so
     spreading work over them multiplies throughput instead of queueing behind one user's limits.
+    Only the registrations the portal's policy allows (``application_users``; empty: all) are picked.
     """
 
     def __init__(
@@ -682,6 +702,7 @@ class DataverseClientPool:
         budget: RateBudget | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        allowed_names: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         if not config.registrations:
             raise ImproperlyConfigured("Environment variable M365_CLIENT_ID is required to reach Dataverse.")
@@ -690,15 +711,43 @@ class DataverseClientPool:
             for registration in config.registrations
         )
         self._turn = itertools.count()
+        self._clock = clock
+        self._allowed_names = allowed_names or _policy_application_users
+        self._allowed: tuple[DataverseClient, ...] = self.clients
+        self._allowed_until: float | None = None
+
+    def _allowed_clients(self) -> tuple[DataverseClient, ...]:
+        """The clients the policy allows, read at most every ``APPLICATION_USERS_CACHE_SECONDS``."""
+        now = self._clock()
+        if self._allowed_until is not None and now < self._allowed_until:
+            return self._allowed
+        try:
+            names = set(self._allowed_names())
+        except DatabaseError as exc:
+            # Unreadable policy (database unreachable, not migrated yet) must not stop Microsoft 365 work.
+            logger.warning("Could not read the policy's application users, so every one is used (%r)", exc)
+            names = set()
+        allowed = tuple(client for client in self.clients if client.registration.name in names)
+        if names and not allowed:
+            logger.warning(
+                "The policy allows application users %s, none of them configured; every configured one is used",
+                ", ".join(sorted(names)),
+            )
+        self._allowed = allowed or self.clients
+        self._allowed_until = now + APPLICATION_USERS_CACHE_SECONDS
+        return self._allowed
 
     def client(self) -> DataverseClient:
-        """The client whose application user has the most room right now (ties take turns).
+        """The allowed client whose application user has the most room right now (ties take turns).
 
         When every one is blocked by a 429, the one whose block ends first.
         """
         if len(self.clients) == 1:
             return self.clients[0]
-        standings = [(client, client.standing()) for client in self.clients]
+        clients = self._allowed_clients()
+        if len(clients) == 1:
+            return clients[0]
+        standings = [(client, client.standing()) for client in clients]
         best = max((room, -blocked_for) for _, (room, blocked_for) in standings)
         candidates = [client for client, (room, blocked_for) in standings if (room, -blocked_for) == best]
         return candidates[next(self._turn) % len(candidates)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 
@@ -25,9 +26,21 @@ class PolicySettings(models.Model):
     # The Exchange Online server profile: by id when known, otherwise found by this name.
     exchange_online_profile_id = models.CharField(max_length=36, blank=True)
     exchange_online_profile_name = models.CharField(max_length=200, default="Microsoft Exchange Online")
+    # Tracking rules recommended for new mailboxes, and what the inventory treats as over-tracking.
     default_tracking_rule_queue = models.PositiveSmallIntegerField(
         choices=TrackingRule.choices, default=TrackingRule.EMAIL_ENABLED_RECORDS
     )
+    default_tracking_rule_shared = models.PositiveSmallIntegerField(
+        choices=TrackingRule.choices, default=TrackingRule.EMAIL_ENABLED_RECORDS
+    )
+    # Dataverse's own default for users' personal options.
+    default_tracking_rule_user = models.PositiveSmallIntegerField(
+        choices=TrackingRule.choices, default=TrackingRule.LEADS_CONTACTS_ACCOUNTS
+    )
+    # Queues on "All email messages" are always over-tracking; users only when this is on.
+    flag_user_over_tracking = models.BooleanField(default=False)
+    # What Dataverse's email address approval switches (organisation settings) should be.
+    require_email_approval = models.BooleanField(default=True)
     # Provisioning: how often to look at an asynchronous Test & Enable, and for how long.
     test_enable_poll_seconds = models.PositiveIntegerField(default=30)
     test_enable_timeout_minutes = models.PositiveIntegerField(default=90)
@@ -36,6 +49,18 @@ class PolicySettings(models.Model):
     wave_cap_window_hours = models.PositiveSmallIntegerField(default=5)
     # Whether migrating a user mailbox also moves appointments, contacts and tasks to server-side sync.
     migrate_act_for_users = models.BooleanField(default=True)
+    # Governance reports: emails per mailbox per day (in and out) above which a mailbox is flagged.
+    daily_volume_threshold = models.PositiveIntegerField(default=400)
+    # An attachment at least this big is flagged…
+    attachment_size_threshold_kb = models.PositiveIntegerField(default=4096)
+    # …and so is one at or above this share of Dataverse's ``maxuploadfilesize``.
+    attachment_near_limit_percent = models.PositiveSmallIntegerField(
+        default=90, validators=[MinValueValidator(1), MaxValueValidator(100)]
+    )
+    # Names of the application registrations (``settings.M365.registrations[i].name``: "1", "2", …)
+    # the portal may use for Microsoft 365 work. Empty: every configured registration.
+    application_users = models.JSONField(default=list, blank=True)
+    weekly_digest_enabled = models.BooleanField(default=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

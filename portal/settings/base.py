@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "portal.policy",
     "onboarding",
     "migration",
+    "governance",
 ]
 
 MIDDLEWARE = [

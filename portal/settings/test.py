@@ -2,10 +2,37 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 from django.core.exceptions import ImproperlyConfigured
 
-from .base import *  # noqa: F403
-from .base import DATABASES, env
+
+def _redis_url_for_this_worker(url: str, worker: str) -> str:
+    """Under pytest-xdist, worker ``gwN`` uses the Redis database N below the configured one.
+
+    The test database already gets a name per worker; this does the same for Redis, so one
+    worker emptying its queue never touches another's.
+    """
+    match = re.fullmatch(r"gw(\d+)", worker)
+    database = re.search(r"/(\d+)$", url)
+    if not match or not database:
+        return url
+    number = int(database.group(1)) - int(match.group(1))
+    if number < 0:
+        raise ImproperlyConfigured(f"REDIS_URL {url} leaves no Redis database for xdist worker {worker}.")
+    return url[: database.start(1)] + str(number)
+
+
+# Worked out once, in the xdist worker: the processes the tests start (RQ workers, servers) inherit
+# the worker's name with the changed REDIS_URL, or are handed a URL of their own, and keep it.
+if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("REDIS_URL"):
+    _configured = os.environ.setdefault("PORTAL_TEST_REDIS_URL", os.environ["REDIS_URL"])
+    if os.environ["REDIS_URL"] == _configured:
+        os.environ["REDIS_URL"] = _redis_url_for_this_worker(_configured, os.environ["PYTEST_XDIST_WORKER"])
+
+from .base import *  # noqa: E402, F403
+from .base import DATABASES, env  # noqa: E402
 
 PORTAL_ENVIRONMENT = "test"
 

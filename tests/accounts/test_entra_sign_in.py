@@ -281,7 +281,7 @@ def test_first_sign_in_creates_the_user_with_their_roles_and_is_audited(client, 
 
     home = client.get(reverse("home")).content.decode()
     assert "Welcome, Riya" in home
-    assert nav_labels(home) == ["Home", "Requests", "Approvals"]
+    assert nav_labels(home) == ["Home", "Requests", "Approvals", "Mailbox health"]
 
 
 @pytest.mark.django_db
@@ -304,7 +304,7 @@ def test_no_token_is_kept_in_the_session_the_database_or_msal(client, tenant, en
 @pytest.mark.django_db
 def test_roles_follow_entra_at_every_sign_in(client, tenant):
     sign_in_with_entra(client, tenant, roles=["Requester", "Auditor"])
-    assert nav_labels(client.get(reverse("home")).content.decode()) == ["Home", "Requests", "Audit"]
+    assert nav_labels(client.get(reverse("home")).content.decode()) == ["Home", "Requests", "Mailbox health", "Audit"]
     client.post(reverse("accounts:sign_out"))
 
     response = sign_in_with_entra(client, tenant, roles=["Requester"], name="Riya Patel-Singh")
@@ -315,7 +315,7 @@ def test_roles_follow_entra_at_every_sign_in(client, tenant):
     assert (user.first_name, user.last_name) == ("Riya", "Patel-Singh")
     assert User.objects.filter(entra_object_id=RIYA["oid"]).count() == 1
     html = client.get(reverse("home")).content.decode()
-    assert nav_labels(html) == ["Home", "Requests"]
+    assert nav_labels(html) == ["Home", "Requests", "Mailbox health"]
     assert client.get(reverse("audit:events")).status_code == 403
     change = AuditEvent.objects.filter(action="account.roles_changed").first()  # newest first
     assert (change.before, change.after) == ({"roles": ["auditor", "requester"]}, {"roles": ["requester"]})

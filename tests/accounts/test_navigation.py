@@ -7,20 +7,23 @@ import re
 import pytest
 from django.urls import reverse
 
+# Mailbox health is for every signed-in person: owners review their own mailboxes' alerts there.
 EXPECTED = {
-    "requester": ["Home", "Requests"],
-    "approver": ["Home", "Approvals"],
-    "platform_admin": ["Home", "Approvals", "Platform", "Migration", "Audit"],
-    "migration_lead": ["Home", "Migration"],
-    "auditor": ["Home", "Audit"],
-    "outsider": ["Home"],
+    "requester": ["Home", "Requests", "Mailbox health"],
+    "approver": ["Home", "Approvals", "Mailbox health"],
+    "platform_admin": ["Home", "Approvals", "Platform", "Policy", "Migration", "Mailbox health", "Audit"],
+    "migration_lead": ["Home", "Migration", "Mailbox health"],
+    "auditor": ["Home", "Mailbox health", "Audit"],
+    "outsider": ["Home", "Mailbox health"],
 }
 
 SECTION_URLS = {
     "Requests": "onboarding:requests",
     "Approvals": "onboarding:approvals",
     "Platform": "platform",
+    "Policy": "policy:summary",
     "Migration": "migration:dashboard",
+    "Mailbox health": "governance:alerts",
     "Audit": "audit:events",
 }
 
@@ -57,7 +60,7 @@ def test_someone_with_two_roles_sees_both(client_for):
 
     both = UserFactory(username="both", roles=[Role.REQUESTER, Role.MIGRATION_LEAD])
     html = client_for(both).get(reverse("home")).content.decode()
-    assert nav_labels(html) == ["Home", "Requests", "Migration"]
+    assert nav_labels(html) == ["Home", "Requests", "Migration", "Mailbox health"]
     assert "<strong>requester</strong> and <strong>migration lead</strong>" in html
 
 

@@ -48,13 +48,13 @@ def test_entra_roles_drive_the_navigation_at_every_sign_in(tmp_path):
 
         _sign_in_with_microsoft(page, base, approver=True, shot="entra-approver")
         assert "Welcome, Owen" in page.content()
-        assert nav_labels(page.content()) == ["Home", "Requests", "Approvals"]
+        assert nav_labels(page.content()) == ["Home", "Requests", "Approvals", "Mailbox health"]
         page.goto(f"{base}/approvals/")
         assert page.locator("h1").inner_text() == "Approvals"
 
         _sign_out(page, base)
         _sign_in_with_microsoft(page, base, approver=False, shot="entra-no-approver")
-        assert nav_labels(page.content()) == ["Home", "Requests"]
+        assert nav_labels(page.content()) == ["Home", "Requests", "Mailbox health"]
         assert page.goto(f"{base}/approvals/").status == 403
         screenshot(page, "entra-no-approver-4-approvals-refused")
         context.close()

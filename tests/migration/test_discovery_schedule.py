@@ -68,7 +68,12 @@ def test_the_start_up_command_schedules_the_nightly_discovery_once(redis_queue):
     assert f"{NIGHTLY_DISCOVERY_JOB_ID} is already scheduled" in schedule_command()
 
     jobs = scheduled(redis_queue)
-    assert set(jobs) == {NIGHTLY_DISCOVERY_JOB_ID, ESCALATION_JOB_ID}
+    assert set(jobs) == {
+        NIGHTLY_DISCOVERY_JOB_ID,
+        ESCALATION_JOB_ID,
+        "governance-health-sync",
+        "governance-weekly-digest",
+    }
     assert jobs[NIGHTLY_DISCOVERY_JOB_ID] == next_nightly_discovery(timezone.now())
 
 

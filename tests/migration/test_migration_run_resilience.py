@@ -28,7 +28,7 @@ from tests.migration.migration_run_support import (
 )
 from tests.simulator import run_simulator
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.django_db(transaction=True)]
 
 WORKERS = 3
 KILLS = 20

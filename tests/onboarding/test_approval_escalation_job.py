@@ -47,9 +47,14 @@ def test_the_command_schedules_the_job_once_however_often_it_runs(redis_queue):
     assert "Scheduled onboarding-approvals-escalate-overdue: it runs now, then every 5 minutes." in schedule_command()
     assert "onboarding-approvals-escalate-overdue is already scheduled" in schedule_command()
     assert "onboarding-approvals-escalate-overdue is already scheduled" in schedule_command()
-    # Each periodic job once (the nightly inventory discovery is the other).
+    # Each periodic job once (the nightly inventory discovery, the health sync and the digest are the others).
     assert sorted(job_id for job_id, _ in scheduled(redis_queue)) == sorted(
-        [ESCALATION_JOB_ID, "migration-inventory-nightly-discovery"]
+        [
+            ESCALATION_JOB_ID,
+            "migration-inventory-nightly-discovery",
+            "governance-health-sync",
+            "governance-weekly-digest",
+        ]
     )
 
 

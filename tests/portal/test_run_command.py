@@ -23,12 +23,12 @@ from tests.accounts.test_navigation import nav_labels
 from tests.servers import ROOT, clean_env, free_port, wait_for_http
 
 EXPECTED_NAV = {
-    "requester": ["Home", "Requests"],
-    "approver": ["Home", "Requests", "Approvals"],
-    "admin": ["Home", "Approvals", "Platform", "Migration", "Audit"],
-    "migration": ["Home", "Migration"],
-    "auditor": ["Home", "Audit"],
-    "outsider": ["Home"],
+    "requester": ["Home", "Requests", "Mailbox health"],
+    "approver": ["Home", "Requests", "Approvals", "Mailbox health"],
+    "admin": ["Home", "Approvals", "Platform", "Policy", "Migration", "Mailbox health", "Audit"],
+    "migration": ["Home", "Migration", "Mailbox health"],
+    "auditor": ["Home", "Mailbox health", "Audit"],
+    "outsider": ["Home", "Mailbox health"],
 }
 
 

@@ -5,7 +5,8 @@ Dataverse does on the wire: the same URLs, status codes, headers (``OData-Entity
 checks, ``Preference-Applied``), error bodies and paging. It also plays the platform's
 asynchronous part: a mailbox PATCHed with ``testemailconfigurationscheduled: true`` is tested
 after a configurable delay, and the outcome lands in the mailbox's status columns and, on
-failure, in a ``tracelogs`` alert that is updated rather than duplicated when it recurs.
+failure, in a ``tracelogs`` alert that is updated rather than duplicated when it recurs; and it
+records the email server-side sync tracks (``emails`` with their ``activitymimeattachments``).
 
 Side effects that must not happen when a ``$batch`` change set is rolled back (scheduling a
 test) are queued in an ``after_commit`` list and run only once the change is kept.
@@ -13,10 +14,11 @@ test) are queued in an ``after_commit`` list and run only once the change is kep
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import re
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
@@ -47,6 +49,17 @@ APPROVAL_SETS = ("mailboxes", "queues", "systemusers")
 TRACECODE_MAILBOX_NOT_IN_EXCHANGE_ONLINE = 31
 TRACECODE_ADDRESS_NOT_APPROVED = 32
 TRACECODE_NO_SERVER_PROFILE = 33
+# Warnings server-side sync raises while it runs; the codes are the simulator's own.
+TRACECODE_ATTACHMENT_TOO_LARGE = 41
+TRACECODE_EXCHANGE_THROTTLING = 42
+
+TRACE_LEVEL_INFORMATION = 1
+TRACE_LEVEL_WARNING = 2
+TRACE_LEVEL_ERROR = 3
+
+STATE_COMPLETED = 1
+STATUS_SENT = 3
+STATUS_RECEIVED = 4
 
 AfterCommit = list[Callable[[], None]]
 
@@ -724,12 +737,13 @@ def _who_am_i(request: SimRequest, sim: Simulator) -> SimResponse:
 
 
 @dataclass(frozen=True)
-class MailboxTestFailure:
-    """Why a mailbox failed its test: the alert's trace code, text and error details."""
+class Alert:
+    """An alert the platform writes to ``tracelogs`` about a mailbox or server profile (why a test failed, say)."""
 
     tracecode: int
     text: str
-    errordetails: str
+    errordetails: str | None = None
+    level: int = TRACE_LEVEL_ERROR
 
 
 def schedule_test_and_enable(sim: Simulator, mailbox_id: str) -> None:
@@ -756,13 +770,13 @@ def _tested_directions(mailbox: dict[str, Any]) -> list[tuple[str, str | None]]:
     return directions
 
 
-def diagnose_mailbox(store: Store, mailbox: dict[str, Any]) -> MailboxTestFailure | None:
+def diagnose_mailbox(store: Store, mailbox: dict[str, Any]) -> Alert | None:
     """The permanent failures the platform reports at once, in the order it checks them; None when the test passes."""
     name = mailbox.get("name") or mailbox.get("emailaddress") or mailbox.get("mailboxid")
     address = mailbox.get("emailaddress") or ""
     profile_id = mailbox.get("_emailserverprofile_value")
     if profile_id is None or profile_id not in store.table("emailserverprofiles"):
-        return MailboxTestFailure(
+        return Alert(
             TRACECODE_NO_SERVER_PROFILE,
             f"The mailbox {name} can't be tested because no email server profile is associated with it. Associate "
             "the mailbox with an email server profile, and then test and enable the mailbox.",
@@ -772,7 +786,7 @@ def diagnose_mailbox(store: Store, mailbox: dict[str, Any]) -> MailboxTestFailur
     owner_kind = mailbox.get("regardingobjecttypecode")
     setting = "requireapprovalforqueueemail" if owner_kind == "queue" else "requireapprovalforuseremail"
     if organization.get(setting, True) and mailbox.get("emailrouteraccessapproval") != 1:
-        return MailboxTestFailure(
+        return Alert(
             TRACECODE_ADDRESS_NOT_APPROVED,
             f"Email can't be received or sent for the mailbox {name} because the email address of the mailbox "
             f"{address} isn't approved. The mailbox has been disabled for synchronizing appointments, contacts, "
@@ -793,7 +807,7 @@ def diagnose_mailbox(store: Store, mailbox: dict[str, Any]) -> MailboxTestFailur
             if graph_user is not None
             else f"ErrorNonExistentMailbox: The SMTP address {address} has no mailbox associated with it."
         )
-        return MailboxTestFailure(
+        return Alert(
             TRACECODE_MAILBOX_NOT_IN_EXCHANGE_ONLINE,
             f"The mailbox {name} can't be accessed. The email address {address} was not found in Exchange Online: "
             "the mailbox may be inactive, soft-deleted or hosted on-premises. Make sure the mailbox is hosted in "
@@ -830,29 +844,168 @@ def complete_test_and_enable(sim: Simulator, mailbox_id: str) -> None:
             raise_alert(store, mailbox_id, failure, now=now)
 
 
-def raise_alert(store: Store, mailbox_id: str, failure: MailboxTestFailure, *, now: Any = None) -> dict[str, Any]:
-    """Write a mailbox alert; a recurring alert updates its existing record instead of adding one."""
+def raise_alert(store: Store, regarding_id: str, alert: Alert, *, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Write an alert about a mailbox or server profile; a recurring alert updates its existing record.
+
+    An alert recurs when one with the same subject and trace code exists: its level, text and
+    details are rewritten and ``modifiedon`` moves forward, so readers polling
+    ``modifiedon gt <last seen>`` see it again. Raises :class:`DataverseError` (404) when
+    ``regarding_id`` is neither a mailbox nor a server profile.
+    """
+    regarding_id = regarding_id.lower()
+    moment = now or utcnow()
     with store.lock:
+        subject = _alert_subject(store, regarding_id)
+        details = {"level": alert.level, "text": alert.text, "errordetails": alert.errordetails}
         for trace in store.table("tracelogs").values():
-            if trace.get("_regardingobjectid_value") == mailbox_id and trace.get("tracecode") == failure.tracecode:
-                return tables.update(
-                    store,
-                    "tracelogs",
-                    trace["tracelogid"],
-                    {"text": failure.text, "errordetails": failure.errordetails},
-                    now=now,
-                )
+            if trace.get("_regardingobjectid_value") == regarding_id and trace.get("tracecode") == alert.tracecode:
+                later = _strictly_after(trace.get("modifiedon"), moment)
+                return tables.update(store, "tracelogs", trace["tracelogid"], details, now=later)
         return tables.insert(
             store,
             "tracelogs",
             {
-                "level": 3,
-                "tracecode": failure.tracecode,
-                "text": failure.text,
-                "errordetails": failure.errordetails,
+                **details,
+                "tracecode": alert.tracecode,
                 "tracestatus": False,
-                "_regardingobjectid_value": mailbox_id,
-                "regardingobjecttypecode": "mailbox",
+                "_regardingobjectid_value": regarding_id,
+                "regardingobjecttypecode": subject.logical_name,
             },
-            now=now,
+            now=moment,
         )
+
+
+def _alert_subject(store: Store, regarding_id: str) -> EntitySet:
+    """The table the alert is about: whichever of the tracelog lookup's targets holds the id."""
+    for entity_set in tables.TRACELOGS.columns["_regardingobjectid_value"].targets:
+        if regarding_id in store.table(entity_set):
+            return tables.ENTITY_SETS[entity_set]
+    raise DataverseError(
+        404, tables.CODE_NOT_FOUND, f"mailbox or emailserverprofile With Id = {regarding_id} Does Not Exist"
+    )
+
+
+def _strictly_after(previous: str | None, moment: dt.datetime) -> dt.datetime:
+    """``moment``, or one second after ``previous`` when a recurrence lands in the same (whole) second.
+
+    Dataverse stamps whole seconds; without this a recurrence a moment after the first alert
+    would keep its ``modifiedon`` and be invisible to an incremental reader.
+    """
+    if previous is None:
+        return moment
+    floor = tables.parse_datetime(previous) + dt.timedelta(seconds=1)
+    return max(moment, floor)
+
+
+# -- tracked email -----------------------------------------------------------------------------
+
+# What tracked email looks like; only the shape matters (the portal never reads bodies).
+EMAIL_SUBJECTS = (
+    "Enquiry about my application",
+    "Change of address",
+    "Request for information",
+    "Invoice query",
+    "Meeting follow-up",
+    "Complaint about service",
+    "Appointment request",
+    "Documents attached",
+    "Payment confirmation",
+    "Question about eligibility",
+    "Update on your case",
+    "Feedback on the website",
+)
+CORRESPONDENTS = (
+    "j.morgan@example.com",
+    "accounts@supplier.example.co.uk",
+    "sarah.lewis@example.org",
+    "info@partner.example.gov.uk",
+    "m.khan@example.net",
+    "casework@council.example.gov.uk",
+)
+ATTACHMENT_KINDS = (
+    ("Scanned letter", "pdf", "application/pdf"),
+    ("Photo", "jpg", "image/jpeg"),
+    ("Invoice", "pdf", "application/pdf"),
+    ("Budget", "xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+    ("Report", "docx", "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
+    ("Screenshot", "png", "image/png"),
+)
+
+
+def record_emails(
+    store: Store,
+    mailbox_id: str,
+    *,
+    outgoing: bool,
+    moments: Sequence[dt.datetime],
+    attachments: Sequence[Sequence[int]] = (),
+) -> tuple[list[str], list[str]]:
+    """Record email that server-side sync tracked for a mailbox, with its attachments; returns their ids.
+
+    One completed email per moment (its ``createdon`` and ``modifiedon``): received into the
+    mailbox, or sent from it, and regarding the mailbox's queue or user when it has one.
+    ``attachments[i]`` lists the sizes in bytes of email ``i``'s attachments, which share its
+    moment. Raises :class:`DataverseError` (404) for an unknown mailbox.
+    """
+    with store.lock:
+        mailbox = store.table("mailboxes").get(mailbox_id.lower())
+        if mailbox is None:
+            raise tables.MAILBOXES.not_found(mailbox_id)
+        shared = _email_columns(mailbox, outgoing=outgoing)
+        first = len(store.table("emails"))
+        email_ids: list[str] = []
+        attachment_ids: list[str] = []
+        for index, moment in enumerate(moments):
+            number = first + index
+            subject = EMAIL_SUBJECTS[number % len(EMAIL_SUBJECTS)]
+            correspondent = CORRESPONDENTS[number % len(CORRESPONDENTS)]
+            parties = (
+                {"sender": shared["torecipients"], "torecipients": correspondent}
+                if outgoing
+                else {"sender": correspondent, "torecipients": shared["torecipients"]}
+            )
+            email = tables.insert(
+                store,
+                "emails",
+                {**shared, **parties, "subject": f"RE: {subject}" if outgoing else subject},
+                now=moment,
+            )
+            email_ids.append(email["activityid"])
+            sizes = attachments[index] if index < len(attachments) else ()
+            for position, size in enumerate(sizes):
+                attachment = _attach(store, email["activityid"], size, number + position, moment)
+                attachment_ids.append(attachment["activitymimeattachmentid"])
+        return email_ids, attachment_ids
+
+
+def _email_columns(mailbox: dict[str, Any], *, outgoing: bool) -> dict[str, Any]:
+    """The columns every email a mailbox sends (or receives) shares; ``torecipients`` holds its address."""
+    owner_kind = mailbox.get("regardingobjecttypecode")
+    owner_id = mailbox.get("_regardingobjectid_value") if owner_kind in ("queue", "systemuser") else None
+    return {
+        "directioncode": outgoing,
+        "statecode": STATE_COMPLETED,
+        "statuscode": STATUS_SENT if outgoing else STATUS_RECEIVED,
+        "_sendermailboxid_value" if outgoing else "_receivingmailboxid_value": mailbox["mailboxid"],
+        "_regardingobjectid_value": owner_id,
+        "regardingobjecttypecode": owner_kind if owner_id else None,
+        "_ownerid_value": mailbox.get("_ownerid_value"),
+        "owneridtype": mailbox.get("owneridtype"),
+        "torecipients": mailbox.get("emailaddress"),
+    }
+
+
+def _attach(store: Store, email_id: str, size: int, number: int, moment: dt.datetime) -> dict[str, Any]:
+    stem, extension, mimetype = ATTACHMENT_KINDS[number % len(ATTACHMENT_KINDS)]
+    return tables.insert(
+        store,
+        "activitymimeattachments",
+        {
+            "filename": f"{stem} {number + 1}.{extension}",
+            "mimetype": mimetype,
+            "filesize": size,
+            "_objectid_value": email_id,
+            "objecttypecode": "email",
+        },
+        now=moment,
+    )

@@ -11,17 +11,24 @@ tests can compare the portal's classification with what was built:
 * ``sss_wrong_profile`` — server-side sync bound to the on-premises/hybrid profile;
 * ``not_in_exchange_online`` — set up for server-side sync but the mailbox is on-premises (Graph 404);
 * ``no_email`` — no delivery at all, or the owner is disabled.
+
+The demo organisation also has two weeks of tracked email (with attachments) on its queues and
+some of its users, and warnings that keep recurring, so mailbox health has something to show.
+Numeric seeds have none of it: they exist for benchmarks, whose timings must not move.
 """
 
 from __future__ import annotations
 
+import bisect
+import datetime as dt
+import math
 import random
 import uuid
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from . import tables
+from . import dataverse, tables
 from .core import Store, deterministic_guids, odata_timestamp, utcnow
 from .entra import Tenant
 
@@ -238,6 +245,28 @@ DEMO_IDENTITIES = (
     ("Chloe Bennett", "chloe.bennett", ["Approver", "PlatformAdmin"]),
 )
 
+# Recent activity in the demo: days of tracked email, and typical (incoming, outgoing) emails a day.
+ACTIVITY_DAYS = 14
+BUSY_QUEUES = {
+    "General enquiries": (24, 10),
+    "Customer contact": (20, 9),
+    "Service desk": (16, 12),
+    "Complaints": (9, 5),
+    "Freedom of information requests": (6, 3),
+}
+QUIET_QUEUE_RANGE = ((1, 4), (0, 2))
+ACTIVE_USERS = 20
+USER_RANGE = ((1, 3), (0, 2))
+# Users whose email is tracked: server-side sync (on either profile) or the Outlook client.
+ACTIVE_USER_CLASSES = ("compliant_sss", "outlook_client", "sss_wrong_profile")
+ATTACHMENT_SHARE = 0.25
+ATTACHMENTS_PER_EMAIL = (1, 1, 1, 2, 2, 3)
+LARGE_ATTACHMENT_SHARE = 0.04
+ATTACHMENT_BYTES = (20 * 1024, 2 * 1024 * 1024)
+LARGE_ATTACHMENT_MIN = 4 * 1024 * 1024
+OFFICE_HOURS = (8 * 3600, 18 * 3600)
+OFFICE_HOURS_SHARE = 0.85
+
 SERVER_TYPE_EXCHANGE = 0
 SERVER_TYPE_POP3_SMTP = 1
 SERVER_TYPE_EXCHANGE_HYBRID = 2
@@ -263,6 +292,8 @@ def build_seed(spec: str, *, tenant: Tenant, state_dir: Path | None = None) -> t
     builder = _Builder(rng, tenant)
     with deterministic_guids(rng):
         builder.build(users=users, queues=queues)
+        if spec == "demo":
+            builder.recent_activity()
     if state_dir is not None:
         (state_dir / "Microsoft.Crm.Tools.EmailAgent.xml").write_text(builder.router_xml(), encoding="utf-8")
     meta = {"version": builder.store.meta["version"], "truth": builder.truth(), "generated_at": odata_timestamp()}
@@ -590,6 +621,109 @@ class _Builder:
             self._graph_user(
                 object_id=oid, address=self._address(local), name=name, purpose="user", location="exchange_online"
             )
+
+    # -- recent activity (demo only) -----------------------------------------------------------------
+    def recent_activity(self) -> None:
+        """Two weeks of tracked email on every queue that has email and on some users, and recurring warnings.
+
+        Everything is drawn from the seed's generator whatever the date, so the same seed gives the
+        same rows; their timestamps follow the clock, as every seeded row's do. Today only has the
+        email that arrived before now, and comes last so that only its rows depend on the hour.
+        """
+        organization = tables.organization_row(self.store) or {}
+        self.max_upload = int(organization.get("maxuploadfilesize") or 5_242_880)
+        queues = self._active_queues()
+        mailboxes = [*queues, *self._active_users()]
+        self._recurring_warnings([mailbox_id for mailbox_id, _ in queues])
+        today = dt.datetime.combine(self.now.date(), dt.time(), tzinfo=dt.UTC)
+        for back in range(ACTIVITY_DAYS - 1, -1, -1):
+            day = today - dt.timedelta(days=back)
+            for mailbox_id, volumes in mailboxes:
+                for outgoing, typical in zip((False, True), volumes, strict=True):
+                    self._day_of_email(mailbox_id, day, typical, outgoing=outgoing)
+
+    def _active_queues(self) -> list[tuple[str, tuple[int, int]]]:
+        active: list[tuple[str, tuple[int, int]]] = []
+        for queue in self.store.table("queues").values():
+            mailbox_id = queue["_defaultmailbox_value"]
+            if self.classes.get(mailbox_id) == "no_email":
+                continue  # no delivery method: nothing can be tracked
+            volumes = BUSY_QUEUES.get(queue["name"]) or tuple(self.rng.randint(*bounds) for bounds in QUIET_QUEUE_RANGE)
+            active.append((mailbox_id, volumes))
+        return active
+
+    def _active_users(self) -> list[tuple[str, tuple[int, int]]]:
+        candidates = [
+            mailbox_id
+            for mailbox_id, mailbox in self.store.table("mailboxes").items()
+            if mailbox.get("regardingobjecttypecode") == "systemuser"
+            and self.classes.get(mailbox_id) in ACTIVE_USER_CLASSES
+        ]
+        chosen = self.rng.sample(candidates, min(ACTIVE_USERS, len(candidates)))
+        return [(mailbox_id, tuple(self.rng.randint(*bounds) for bounds in USER_RANGE)) for mailbox_id in chosen]
+
+    def _day_of_email(self, mailbox_id: str, day: dt.datetime, typical: int, *, outgoing: bool) -> None:
+        rng = self.rng
+        count = round(typical * rng.uniform(0.6, 1.4))
+        moments = sorted(day + dt.timedelta(seconds=self._time_of_day()) for _ in range(count))
+        attachments = [self._attachment_sizes() for _ in range(count)]
+        # Today's later email has not arrived yet; it is drawn all the same so the draws never depend on the hour.
+        arrived = bisect.bisect_right(moments, self.now)
+        if arrived:
+            dataverse.record_emails(
+                self.store,
+                mailbox_id,
+                outgoing=outgoing,
+                moments=moments[:arrived],
+                attachments=attachments[:arrived],
+            )
+
+    def _time_of_day(self) -> float:
+        if self.rng.random() < OFFICE_HOURS_SHARE:
+            return self.rng.uniform(*OFFICE_HOURS)
+        return self.rng.uniform(0, 86_399)
+
+    def _attachment_sizes(self) -> list[int]:
+        rng = self.rng
+        if rng.random() >= ATTACHMENT_SHARE:
+            return []
+        sizes = []
+        for _ in range(rng.choice(ATTACHMENTS_PER_EMAIL)):
+            if rng.random() < LARGE_ATTACHMENT_SHARE:
+                sizes.append(rng.randint(LARGE_ATTACHMENT_MIN, self.max_upload))
+            else:
+                # Log-uniform: many small documents, fewer large scans and photos.
+                low, high = (math.log(bound) for bound in ATTACHMENT_BYTES)
+                sizes.append(round(math.exp(rng.uniform(low, high))))
+        return sizes
+
+    def _recurring_warnings(self, queue_mailboxes: list[str]) -> None:
+        """Warnings on the first two queues on compliant server-side sync, first raised days ago and recurring since."""
+        working = [mailbox_id for mailbox_id in queue_mailboxes if self.classes.get(mailbox_id) == "compliant_sss"]
+        mailboxes = self.store.table("mailboxes")
+        warnings = (
+            (
+                dataverse.TRACECODE_ATTACHMENT_TOO_LARGE,
+                "An email message received by the mailbox {name} couldn't be tracked in Dynamics 365 because one of "
+                "its attachments is larger than the maximum file size allowed for the organisation.",
+                f"The attachment exceeds maxuploadfilesize ({self.max_upload} bytes).",
+                (9, 6, 3, 1),
+            ),
+            (
+                dataverse.TRACECODE_EXCHANGE_THROTTLING,
+                "Email for the mailbox {name} is being processed more slowly because Exchange Online is throttling "
+                "requests. Server-side synchronization will retry the delayed items automatically.",
+                "ErrorServerBusy: The server cannot service this request right now. Try again later.",
+                (5, 2, 0),
+            ),
+        )
+        for mailbox_id, (tracecode, text, details, days_ago) in zip(working, warnings, strict=False):
+            alert = dataverse.Alert(
+                tracecode, text.format(name=mailboxes[mailbox_id]["name"]), details, level=dataverse.TRACE_LEVEL_WARNING
+            )
+            for back in days_ago:
+                moment = self.now - dt.timedelta(days=back, seconds=self.rng.randint(600, 3 * 3600))
+                dataverse.raise_alert(self.store, mailbox_id, alert, now=moment)
 
     # -- outputs ------------------------------------------------------------------------------------
     def truth(self) -> dict[str, Any]:

@@ -533,13 +533,14 @@ def test_a_batch_over_a_thousand_requests_is_refused_before_sending(client, requ
 
 
 # --- several application users ------------------------------------------------------------------
+# These pools allow every application user without reading the policy: these tests have no database.
 
 
 def test_the_pool_sends_work_to_the_application_user_with_most_room(make_budget, entra, requests_mock):
     first, second = registration("1"), registration("2")
     config = make_config(first, second)
     budget = make_budget(max_concurrent=4)
-    pool = DataverseClientPool(config, budget=budget)
+    pool = DataverseClientPool(config, budget=budget, allowed_names=lambda: ())
     held = [budget.acquire(first.client_id) for _ in range(3)]  # app 1 is busy
 
     assert [client.registration.client_id for client in pool.clients] == [first.client_id, second.client_id]
@@ -553,7 +554,7 @@ def test_the_pool_sends_work_to_the_application_user_with_most_room(make_budget,
 
 def test_idle_application_users_take_turns(make_budget, entra):
     config = make_config(registration("1"), registration("2"))
-    pool = DataverseClientPool(config, budget=make_budget())
+    pool = DataverseClientPool(config, budget=make_budget(), allowed_names=lambda: ())
 
     chosen = {pool.client().registration.name for _ in range(4)}
 
@@ -565,7 +566,9 @@ def test_each_application_user_spends_its_own_budget(make_budget, entra, request
     config = make_config(first, second)
     budget = make_budget(max_requests=1, max_wait_seconds=0)
     requests_mock.get(f"{DATAVERSE_API}WhoAmI", json=WHO_AM_I)
-    pool = DataverseClientPool(config, budget=budget, sleep=fake_time.sleep, clock=fake_time.monotonic)
+    pool = DataverseClientPool(
+        config, budget=budget, sleep=fake_time.sleep, clock=fake_time.monotonic, allowed_names=lambda: ()
+    )
 
     pool.clients[0].who_am_i()
     pool.clients[1].who_am_i()  # a second application user doubles what the portal may send
