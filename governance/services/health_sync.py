@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
@@ -37,7 +37,7 @@ from portal.accounts.models import User
 from portal.audit.models import Outcome
 from portal.audit.services import audit_record
 from portal.exceptions import ConfigurationError
-from portal.m365.dataverse import DataverseClient, DataverseClientPool, odata_datetime
+from portal.m365.dataverse import DataverseClient, DataverseClientPool, odata_datetime, odata_ids_filter
 from portal.m365.errors import M365Error, describe_error
 from portal.m365.rows import TestStatus, TraceLevel, TraceLog
 from portal.queue import enqueue_on_commit
@@ -163,10 +163,6 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[start : start + size]
 
 
-def _ids_filter(column: str, ids: Iterable[Any]) -> str:
-    return " or ".join(f"{column} eq {value}" for value in ids)
-
-
 class _Run:
     def __init__(self, sync: HealthSync, previous: HealthSync | None) -> None:
         self.sync = sync
@@ -236,7 +232,7 @@ class _Run:
         unread = [key for key, mailbox in managed.items() if mailbox.status_read_at is None and key not in rows]
         for chunk in _chunks(unread, IDS_PER_REQUEST):
             for row in self.client.iter_rows(
-                "mailboxes", select=MAILBOX_COLUMNS, filter=_ids_filter("mailboxid", chunk)
+                "mailboxes", select=MAILBOX_COLUMNS, filter=odata_ids_filter("mailboxid", chunk)
             ):
                 rows[str(row.get("mailboxid") or "").lower()] = row
         now = timezone.now()
@@ -301,7 +297,7 @@ class _Run:
             by_owner = {str(mailbox.owner_dataverse_id): mailbox for mailbox in mailboxes}
             for chunk in _chunks(list(by_owner), IDS_PER_REQUEST):
                 for row in self.client.iter_rows(
-                    entity_set, select=(key, "incomingemailfilteringmethod"), filter=_ids_filter(key, chunk)
+                    entity_set, select=(key, "incomingemailfilteringmethod"), filter=odata_ids_filter(key, chunk)
                 ):
                     mailbox = by_owner.get(str(row.get(key) or "").lower())
                     rule = row.get("incomingemailfilteringmethod")

@@ -70,7 +70,7 @@ from portal.audit.models import Outcome
 from portal.audit.services import audit_record
 from portal.exceptions import ConfigurationError, PortalError
 from portal.m365.config import M365Config
-from portal.m365.dataverse import DataverseClientPool, odata_datetime
+from portal.m365.dataverse import DataverseClientPool, odata_datetime, odata_ids_filter
 from portal.m365.errors import AccessDeniedError, AuthenticationError, M365Error
 from portal.m365.graph import MAX_BATCH_REQUESTS, GraphClient, MailboxPresence, PresenceReason
 from portal.m365.http import build_session
@@ -510,10 +510,6 @@ def _presence_values(presence: MailboxPresence) -> tuple[str, str]:
     return ExchangePresence.NOT_IN_EXCHANGE_ONLINE.value, ""
 
 
-def _ids_filter(column: str, ids: Sequence[uuid.UUID]) -> str:
-    return " or ".join(f"{column} eq {id_}" for id_ in ids)
-
-
 class _Discovery:
     def __init__(self, sync: InventorySync, config: M365Config) -> None:
         self.sync = sync
@@ -869,7 +865,10 @@ class _Discovery:
             for chunk in chunked(ids, IDS_PER_REQUEST):
                 rows.extend(
                     client.iter_rows(
-                        "mailboxes", select=MAILBOX_COLUMNS, filter=_ids_filter("mailboxid", chunk), page_size=PAGE_SIZE
+                        "mailboxes",
+                        select=MAILBOX_COLUMNS,
+                        filter=odata_ids_filter("mailboxid", chunk),
+                        page_size=PAGE_SIZE,
                     )
                 )
             if rows:
@@ -911,11 +910,11 @@ class _Discovery:
         found: list[OwnerRow] = []
         users_first = sorted(missing - known_queues)
         for chunk in chunked(users_first, IDS_PER_REQUEST):
-            rows = client.iter_rows("systemusers", select=USER_COLUMNS, filter=_ids_filter("systemuserid", chunk))
+            rows = client.iter_rows("systemusers", select=USER_COLUMNS, filter=odata_ids_filter("systemuserid", chunk))
             found.extend(self._user_owner(row) for row in rows)
         rest = sorted(missing - {owner.id for owner in found})
         for chunk in chunked(rest, IDS_PER_REQUEST):
-            rows = client.iter_rows("queues", select=QUEUE_COLUMNS, filter=_ids_filter("queueid", chunk))
+            rows = client.iter_rows("queues", select=QUEUE_COLUMNS, filter=odata_ids_filter("queueid", chunk))
             found.extend(self._queue_owner(row) for row in rows)
         self.scratch.add_owners(found)
         return self.scratch.owners(owner.id for owner in found)

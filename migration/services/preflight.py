@@ -16,7 +16,7 @@ import contextlib
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +50,7 @@ from portal.audit.services import audit_record
 from portal.csv_safe import csv_rows
 from portal.exceptions import InvalidStateError, PortalError
 from portal.m365.config import M365Config
-from portal.m365.dataverse import DataverseClient, DataverseClientPool
+from portal.m365.dataverse import DataverseClient, DataverseClientPool, odata_ids_filter
 from portal.m365.errors import M365Error
 from portal.m365.graph import GraphClient, MailboxPresence, PresenceReason
 from portal.m365.http import build_session
@@ -210,10 +210,6 @@ class _Owner:
     graph_key: str | None
 
 
-def _ids_filter(column: str, ids: Iterable[str]) -> str:
-    return " or ".join(f"{column} eq {value}" for value in ids)
-
-
 class _Preflight:
     def __init__(self, run: PreflightRun, config: M365Config) -> None:
         if not config.enabled:
@@ -292,7 +288,9 @@ class _Preflight:
             mailbox.id: mailbox
             for mailbox in (
                 Mailbox.from_row(row)
-                for row in client.iter_rows("mailboxes", select=Mailbox.SELECT, filter=_ids_filter("mailboxid", ids))
+                for row in client.iter_rows(
+                    "mailboxes", select=Mailbox.SELECT, filter=odata_ids_filter("mailboxid", ids)
+                )
             )
         }
         owners = self._owners(client, entries, live)
@@ -352,7 +350,7 @@ class _Preflight:
         users_first = sorted(regarding - queue_hint)
         if users_first:
             for row in client.iter_rows(
-                "systemusers", select=SystemUser.SELECT, filter=_ids_filter("systemuserid", users_first)
+                "systemusers", select=SystemUser.SELECT, filter=odata_ids_filter("systemuserid", users_first)
             ):
                 user = SystemUser.from_row(row)
                 owners[user.id] = _Owner(
@@ -363,7 +361,7 @@ class _Preflight:
                 )
         rest = sorted(regarding - set(owners))
         if rest:
-            for row in client.iter_rows("queues", select=Queue.SELECT, filter=_ids_filter("queueid", rest)):
+            for row in client.iter_rows("queues", select=Queue.SELECT, filter=odata_ids_filter("queueid", rest)):
                 queue = Queue.from_row(row)
                 owners[queue.id] = _Owner(
                     kind=OwnerType.QUEUE, name=queue.name or "", disabled=queue.state_code == 1, graph_key=None
@@ -374,10 +372,11 @@ class _Preflight:
         if not mailbox_ids:
             return {}
         counts: dict[str, int] = {}
+        regarding_these = odata_ids_filter("_regardingobjectid_value", mailbox_ids)
         rows = client.iter_rows(
             "tracelogs",
             select=("tracelogid", "_regardingobjectid_value"),
-            filter=f"level eq {int(TraceLevel.ERROR)} and ({_ids_filter('_regardingobjectid_value', mailbox_ids)})",
+            filter=f"level eq {int(TraceLevel.ERROR)} and ({regarding_these})",
         )
         for row in rows:
             regarding = row.get("_regardingobjectid_value")

@@ -82,6 +82,11 @@ def odata_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def odata_ids_filter(column: str, ids: Iterable[object]) -> str:
+    """``column eq <id> or …``: a ``$filter`` for rows by id (GUIDs need no quotes)."""
+    return " or ".join(f"{column} eq {value}" for value in ids)
+
+
 def odata_datetime(moment: dt.datetime) -> str:
     """A ``$filter`` date-time literal in UTC, to the second (Dataverse stores no finer)."""
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
