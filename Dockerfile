@@ -29,6 +29,7 @@ COPY manage.py ./
 COPY portal/ portal/
 COPY onboarding/ onboarding/
 COPY migration/ migration/
+COPY governance/ governance/
 COPY templates/ templates/
 COPY --from=assets /src/build/static build/static
 

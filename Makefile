@@ -21,13 +21,18 @@ run: install assets
 test: install assets
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/bandit -c pyproject.toml -r . -q --severity-level high
+	$(BIN)/python scripts/check_code_rules.py
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest -n 2 -m "not serial" $(PYTEST_ARGS)
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest -m serial $(PYTEST_ARGS) \
 		|| [ $$? -eq 5 ]  # 5: nothing selected (PYTEST_ARGS chose other tests)
 
+# bandit fails on high-severity findings; scripts/check_code_rules.py holds the project's own rules.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/bandit -c pyproject.toml -r . -q --severity-level high
+	$(BIN)/python scripts/check_code_rules.py
 
 format: install
 	$(BIN)/ruff check --fix .

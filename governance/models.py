@@ -63,7 +63,11 @@ class ManagedMailbox(models.Model):
 
     class Meta:
         ordering = ["name", "id"]
-        indexes = [models.Index(fields=["is_active", "kind"], name="managed_active_kind_idx")]
+        indexes = [
+            models.Index(fields=["is_active", "kind"], name="managed_active_kind_idx"),
+            # The health list's order (disabled ones first, then by name), so a page is read, not sorted.
+            models.Index(fields=["is_active", "-disabled_by_platform", "name", "id"], name="managed_list_order_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} <{self.email_address}>"
@@ -170,6 +174,13 @@ class MailboxAlert(models.Model):
         indexes = [
             models.Index(fields=["status", "-urgent", "-level", "-last_seen_at"], name="alert_queue_idx"),
             models.Index(fields=["mailbox", "status"], name="alert_mailbox_idx"),
+            # The review queue's first sort keys over open alerts only: the queue reads its first
+            # groups in order and looks up just their mailboxes, instead of joining every managed one.
+            models.Index(
+                fields=["-urgent", "-level"],
+                condition=models.Q(status__in=["open", "acknowledged"]),
+                name="alert_open_order_idx",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -13,6 +13,7 @@ attributes; :class:`GOVUKForm` turns them into a crispy-forms-gds layout:
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 from typing import Any, ClassVar
 
 from crispy_forms_gds.fields import DateInputField
@@ -20,6 +21,7 @@ from crispy_forms_gds.helper import FormHelper
 from crispy_forms_gds.layout import Button, Field, Fixed, Fluid, Layout, Size, Submit
 from django import forms
 from django.core.exceptions import ValidationError
+from django.core.validators import ProhibitNullCharactersValidator
 
 
 class GOVUKDateField(DateInputField):
@@ -47,6 +49,54 @@ class GOVUKDateField(DateInputField):
         return value
 
 
+# Zero-width (non-)joiners are part of how some scripts and emoji are written; every other
+# invisible formatting character (direction overrides and the like) can make text read
+# differently from what is stored.
+_JOINERS = frozenset({"\u200c", "\u200d"})
+_LINE_BREAKS = frozenset({"\n", "\r", "\t"})
+
+
+class PlainTextValidator:
+    """Text a person typed: no control, unpaired-surrogate or invisible formatting characters.
+
+    Line breaks and tabs are allowed where the field is a textarea. A line break in a one-line
+    answer breaks what it is later written into (an approval stage's name goes into the subject
+    of notification emails, which then cannot be sent), and direction overrides make text read
+    differently from what is stored.
+    """
+
+    def __init__(self, *, label: str, multiline: bool) -> None:
+        self.label = label
+        self.multiline = multiline
+
+    def __call__(self, value: Any) -> None:
+        for character in str(value):
+            if self.multiline and character in _LINE_BREAKS:
+                continue
+            category = unicodedata.category(character)
+            if category in ("Cc", "Cs") or (category == "Cf" and character not in _JOINERS):
+                raise ValidationError(
+                    f"{self.label} can only contain letters, numbers, spaces and punctuation", code="characters"
+                )
+
+
+def _typed_text(field: forms.Field) -> bool:
+    # Hidden fields are not typed by a person, passwords are whatever their owner chose, and a
+    # field that checks its characters itself says so, so the person is not told twice.
+    return (
+        isinstance(field, forms.CharField)
+        and not isinstance(field, forms.EmailField)  # an address's own rules already refuse these
+        and not isinstance(field.widget, forms.HiddenInput | forms.PasswordInput)
+        and not getattr(field, "checks_plain_text", False)
+    )
+
+
+def _subject(label: Any) -> str:
+    text = str(label or "").removesuffix(" (optional)").strip()
+    # A label that asks a question does not read well at the start of an error message.
+    return "The answer" if not text or text.endswith("?") else text
+
+
 class GOVUKForm(forms.Form):
     question_page: ClassVar[bool] = False
     submit_label: ClassVar[str] = "Continue"
@@ -61,6 +111,18 @@ class GOVUKForm(forms.Form):
         self.helper.form_method = self.method
         self.helper.attrs = {"novalidate": ""}
         self.helper.layout = self.build_layout()
+
+    def full_clean(self) -> None:
+        # Added here rather than in __init__ so fields a form adds or changes after it is built are covered.
+        for field in self.fields.values():
+            if _typed_text(field) and not any(isinstance(v, PlainTextValidator) for v in field.validators):
+                # Forms copy their fields, so this changes this form's copy only. One plain-English
+                # message for every hidden character, NUL included.
+                field.validators = [v for v in field.validators if not isinstance(v, ProhibitNullCharactersValidator)]
+                field.validators.append(
+                    PlainTextValidator(label=_subject(field.label), multiline=isinstance(field.widget, forms.Textarea))
+                )
+        super().full_clean()
 
     # A hook for forms that need to group fields (fieldsets, conditional reveals).
     def build_layout(self) -> Layout:
@@ -95,4 +157,4 @@ class GOVUKForm(forms.Form):
         return Field.text(name, label_size=size, label_tag=tag, field_width=width or Fluid.TWO_THIRDS)
 
 
-__all__ = ["Fixed", "Fluid", "GOVUKDateField", "GOVUKForm", "Size"]
+__all__ = ["Fixed", "Fluid", "GOVUKDateField", "GOVUKForm", "PlainTextValidator", "Size"]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import django_rq
 import msal
 import pytest
+import redis
 from django.test import Client
 
+from portal.accounts import throttle
 from portal.accounts.roles import Role
 from portal.m365.config import load_m365_config
 from portal.m365.simulator.protection import DEFAULT_LIMITS
@@ -57,6 +59,18 @@ def client_for():
         return client
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _no_sign_in_failures_counted(settings):
+    """Failed sign-ins are counted in Redis, outside the test database: each test starts with none."""
+    connection = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        keys = list(connection.scan_iter(match=f"{throttle.KEY_PREFIX}:*", count=1000))
+        if keys:
+            connection.delete(*keys)
+    finally:
+        connection.close()
 
 
 @pytest.fixture

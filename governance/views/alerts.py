@@ -26,6 +26,7 @@ from portal.accounts.models import User
 from portal.audit.models import AuditEvent
 from portal.decorators import require_permission
 from portal.exceptions import PortalError
+from portal.fragments import FORM_FRAGMENT_SECONDS, form_fragment_key
 
 PAGE_SIZE = 50
 
@@ -49,6 +50,8 @@ def alert_list(request: HttpRequest) -> HttpResponse:
         "governance/alerts/list.html",
         {
             "form": form,
+            "form_fragment_key": form_fragment_key(form),
+            "form_fragment_seconds": FORM_FRAGMENT_SECONDS,
             "page": page,
             "summary": queue_summary(request.user),
             "query": query.urlencode(),

@@ -123,9 +123,11 @@ def decommission_outlook_populations_sync(*, actor: User) -> list[LegacySource]:
     )
     created: list[LegacySource] = []
     with transaction.atomic():
-        # Two people pressing the button at once must not add each business unit twice.
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ["decommission_outlook_populations_sync"])
+        # Two people pressing the button at once must not add each business unit twice. PostgreSQL
+        # only: the embedded SQLite database already lets one writer in at a time.
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ["decommission_outlook_populations_sync"])
         known = set(
             DecommissionPlan.objects.filter(
                 source__kind=LegacySourceKind.OUTLOOK_CLIENT, business_unit_id__isnull=False

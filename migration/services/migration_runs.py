@@ -25,6 +25,7 @@ import datetime as dt
 import itertools
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -231,6 +232,20 @@ class Wait:
 
 
 @dataclass
+class JobClients:
+    """The Microsoft 365 clients of one job; its application user is chosen once, when first needed."""
+
+    _dataverse: DataverseClient | None = None
+
+    @property
+    def dataverse(self) -> DataverseClient:
+        # The application user with most room now: spreads the mailboxes over every configured one.
+        if self._dataverse is None:
+            self._dataverse = DataverseClientPool(_m365_config()).client()
+        return self._dataverse
+
+
+@dataclass
 class RunContext:
     entry_id: int
     owner: str
@@ -242,14 +257,11 @@ class RunContext:
     # Rows as this job last read or wrote them (a write answers with the row and its new ETag), so the
     # next step in the same job need not read them again; every write is conditional on that ETag.
     memo: dict[str, dict[str, Any]] = field(default_factory=dict)
-    _dataverse: DataverseClient | None = None
+    clients: JobClients = field(default_factory=JobClients)
 
     @property
     def dataverse(self) -> DataverseClient:
-        # The application user with most room now: spreads mailboxes over every configured one.
-        if self._dataverse is None:
-            self._dataverse = DataverseClientPool(_m365_config()).client()
-        return self._dataverse
+        return self.clients.dataverse
 
     @property
     def working_state(self) -> str:
@@ -450,7 +462,7 @@ def _snapshot(ctx: RunContext) -> Done:
     etags = {"mailbox": _etag(mailbox), "owner": _etag(owner), "usersettings": _etag(usersettings)}
     ctx.found = {"mailbox": snapshot["mailbox"]}
     with transaction.atomic():
-        _lock_entry(ctx)
+        _hold_entry(ctx.entry_id, ctx.owner, state=ctx.working_state)
         WaveMailbox.objects.filter(pk=ctx.entry_id).update(snapshot=snapshot, snapshot_etags=etags)
     entry.snapshot, entry.snapshot_etags = snapshot, etags
     return Done({"mailbox": snapshot["mailbox"], "etags": etags})
@@ -469,7 +481,8 @@ def _wanted_settings(ctx: RunContext, profile_id: str) -> dict[str, Any]:
 
 def _bind_profile(ctx: RunContext) -> Done:
     profile = _exchange_online_profile(ctx)
-    mailbox = _read_mailbox(ctx)
+    # As this job's snapshot read it moments ago, if it did: the write is conditional on that ETag.
+    mailbox = _read_mailbox(ctx, fresh=False)
     wanted = _wanted_settings(ctx, profile["id"])
     current = _values(mailbox, wanted)
     ctx.found = {"mailbox": current, "etag": _etag(mailbox)}
@@ -623,6 +636,12 @@ def _status_words(mailbox: dict[str, Any]) -> str:
 
 def _await_test(ctx: RunContext) -> Done | Wait:
     policy = ctx.policy
+    seen = ctx.memo.get("mailbox")
+    if seen is not None and seen.get("testemailconfigurationscheduled"):
+        # This job saw the test still scheduled moments ago (it usually scheduled it itself): it cannot
+        # have finished yet, so reading the mailbox again now would only cost a request.
+        ctx.found = {"mailbox": _values(seen, MAILBOX_COLUMNS)}
+        return Wait(policy.test_enable_poll_seconds, "Test & Enable has not finished yet")
     mailbox = _read_mailbox(ctx)
     ctx.found = {"mailbox": _values(mailbox, MAILBOX_COLUMNS)}
     if not mailbox.get("testemailconfigurationscheduled"):
@@ -847,8 +866,20 @@ def step_title(name: str) -> str:
 # --- queueing -----------------------------------------------------------------------------------
 
 
+_queues: dict[tuple[int, str], Any] = {}
+
+
 def _queue():
-    return django_rq.get_queue("default")
+    """The default queue, one per process and Redis configuration.
+
+    django_rq builds a new Redis client, with a connection of its own, on every call; a run asks
+    for the queue several times (the shared cache, queueing jobs, the progress marker).
+    """
+    key = (os.getpid(), repr(settings.RQ_QUEUES.get("default")))
+    queue = _queues.get(key)
+    if queue is None:
+        queue = _queues[key] = django_rq.get_queue("default")
+    return queue
 
 
 def _on_commit_enqueue(func: Callable[..., Any], *args: Any, seconds: float = 0, job_timeout: int) -> None:
@@ -1199,25 +1230,25 @@ def migration_run(*, entry_id: int) -> None:
         logger.info("wave mailbox %s: nothing to claim (held, waiting, finished or paused)", entry_id)
         return
     memo: dict[str, dict[str, Any]] = {}
+    policy = policy_get()
+    clients = JobClients()
     try:
         with _heartbeat(entry_id, owner, WaveMailboxState.RUNNING):
-            while True:
-                step = (
-                    MigrationStep.objects.filter(entry_id=entry_id, order__lt=ROLLBACK_ORDER)
-                    .exclude(status__in=DONE_STEP_STATUSES)
-                    .order_by("order")
-                    .first()
-                )
-                if step is None:
-                    try:
-                        _finish_migrated(entry_id, owner, memo)
-                    except M365Error as error:
-                        _finish_later(entry_id, owner, error)
-                    return
+            # Read once per job: while this worker holds the lease, only this job changes them.
+            entry = WaveMailbox.objects.select_related("mailbox", "wave").get(pk=entry_id)
+            steps = list(MigrationStep.objects.filter(entry_id=entry_id, order__lt=ROLLBACK_ORDER).order_by("order"))
+            for step in steps:
+                if step.status in DONE_STEP_STATUSES:
+                    continue
                 if step.name not in UNDER_WAY and _stop_for_wave(entry_id, owner):
                     return
-                if not _attempt(entry_id, step.pk, owner, rollback=False, memo=memo):
+                if not _attempt(entry, step, owner, rollback=False, memo=memo, policy=policy, clients=clients):
                     return
+            awaited = next((step for step in steps if step.name == "await_test"), None)
+            try:
+                _finish_migrated(entry, awaited, owner, memo, policy=policy, clients=clients)
+            except M365Error as error:
+                _finish_later(entry_id, owner, error)
     except LeaseLost:
         logger.warning("wave mailbox %s was taken over by another worker; stopping", entry_id)
 
@@ -1231,7 +1262,11 @@ def migration_rollback_run(*, entry_id: int) -> None:
     try:
         with _heartbeat(entry_id, owner, WaveMailboxState.ROLLING_BACK):
             step = MigrationStep.objects.get(entry_id=entry_id, order=ROLLBACK_ORDER)
-            if step.status in DONE_STEP_STATUSES or _attempt(entry_id, step.pk, owner, rollback=True, memo={}):
+            if step.status in DONE_STEP_STATUSES:
+                _finish_rolled_back(entry_id, owner)
+                return
+            entry = WaveMailbox.objects.select_related("mailbox", "wave").get(pk=entry_id)
+            if _attempt(entry, step, owner, rollback=True, memo={}, policy=policy_get(), clients=JobClients()):
                 _finish_rolled_back(entry_id, owner)
     except LeaseLost:
         logger.warning("the rollback of wave mailbox %s was taken over by another worker; stopping", entry_id)
@@ -1246,6 +1281,13 @@ def _lock_entry(ctx_or_id: RunContext | int, owner: str | None = None, *, state:
     if entry.state != state or entry.lease_owner != owner:
         raise LeaseLost(f"wave mailbox {entry_id} is no longer held by {owner}")
     return entry
+
+
+def _hold_entry(entry_id: int, owner: str, *, state: str) -> None:
+    """As :func:`_lock_entry` for a caller that writes with ``update()``: the lock and the check, not the row."""
+    held = WaveMailbox.objects.select_for_update().filter(pk=entry_id).values_list("state", "lease_owner").first()
+    if held != (state, owner):
+        raise LeaseLost(f"wave mailbox {entry_id} is no longer held by {owner}")
 
 
 def _stop_for_wave(entry_id: int, owner: str) -> bool:
@@ -1302,21 +1344,39 @@ def _stop_for_wave(entry_id: int, owner: str) -> bool:
     return True
 
 
-def _attempt(entry_id: int, step_id: int, owner: str, *, rollback: bool, memo: dict[str, Any]) -> bool:
-    """One attempt at one step; True when the run should go on to the next step."""
+def _attempt(
+    entry: WaveMailbox,
+    step: MigrationStep,
+    owner: str,
+    *,
+    rollback: bool,
+    memo: dict[str, Any],
+    policy: PolicySettings,
+    clients: JobClients,
+) -> bool:
+    """One attempt at one step; True when the run should go on to the next step.
+
+    ``entry`` (with its mailbox and wave) and ``step`` are the job's own copies, read after it
+    claimed the run: while it holds the lease nothing else changes them.
+    """
     now = timezone.now()
     state = WaveMailboxState.ROLLING_BACK if rollback else WaveMailboxState.RUNNING
     with transaction.atomic():
-        _lock_entry(entry_id, owner, state=state)
-        step = MigrationStep.objects.select_for_update().get(pk=step_id)
+        _hold_entry(entry.pk, owner, state=state)
         first = step.status == MigrationStepStatus.PENDING
         step.status = MigrationStepStatus.RUNNING
         step.attempts += 1
         step.started_at = now if first or not step.started_at else step.started_at
         step.save(update_fields=["status", "attempts", "started_at"])
-    entry = WaveMailbox.objects.select_related("mailbox", "wave").get(pk=entry_id)
     ctx = RunContext(
-        entry_id=entry_id, owner=owner, rollback=rollback, step=step, entry=entry, policy=policy_get(), memo=memo
+        entry_id=entry.pk,
+        owner=owner,
+        rollback=rollback,
+        step=step,
+        entry=entry,
+        policy=policy,
+        memo=memo,
+        clients=clients,
     )
     spec = SPECS.get(step.name)
     try:
@@ -1360,20 +1420,19 @@ def _attempt(entry_id: int, step_id: int, owner: str, *, rollback: bool, memo: d
 
 def _succeed(ctx: RunContext, done: Done) -> None:
     now = timezone.now()
+    step = ctx.step
+    step.status = MigrationStepStatus.SKIPPED if done.skipped else MigrationStepStatus.SUCCEEDED
+    step.before_state = ctx.found or None
+    step.result = done.result
+    step.error = ""
+    step.error_code = ""
+    step.finished_at = now
     with transaction.atomic():
-        entry = _lock_entry(ctx)
-        step = MigrationStep.objects.select_for_update().get(pk=ctx.step.pk)
-        step.status = MigrationStepStatus.SKIPPED if done.skipped else MigrationStepStatus.SUCCEEDED
-        step.before_state = ctx.found or None
-        step.result = done.result
-        step.error = ""
-        step.error_code = ""
-        step.finished_at = now
+        _hold_entry(ctx.entry_id, ctx.owner, state=ctx.working_state)
         step.save(update_fields=["status", "before_state", "result", "error", "error_code", "finished_at"])
-        entry.lease_expires_at = now + dt.timedelta(seconds=LEASE_SECONDS)
-        entry.last_error = ""
-        entry.error_code = ""
-        entry.save(update_fields=["lease_expires_at", "last_error", "error_code"])
+        WaveMailbox.objects.filter(pk=ctx.entry_id).update(
+            lease_expires_at=now + dt.timedelta(seconds=LEASE_SECONDS), last_error="", error_code=""
+        )
 
 
 def _park(ctx: RunContext, *, seconds: float, error: str = "", error_code: str = "") -> None:
@@ -1538,11 +1597,30 @@ def _fail(ctx: RunContext, message: str, *, code: str, report: dict[str, Any] | 
         transaction.on_commit(lambda: _reclassify(entry.mailbox_id))
 
 
-def _finish_migrated(entry_id: int, owner: str, memo: dict[str, Any]) -> None:
-    entry = WaveMailbox.objects.select_related("mailbox", "wave").get(pk=entry_id)
-    step = MigrationStep.objects.get(entry_id=entry_id, name="await_test")
+def _finish_migrated(
+    entry: WaveMailbox,
+    step: MigrationStep | None,
+    owner: str,
+    memo: dict[str, Any],
+    *,
+    policy: PolicySettings,
+    clients: JobClients,
+) -> None:
+    """Every step is done: record what the migration left behind and mark the mailbox migrated.
+
+    ``entry`` and ``step`` (its Test & Enable wait, which holds the final values) are the job's copies.
+    """
+    entry_id = entry.pk
+    step = step or MigrationStep.objects.get(entry_id=entry_id, name="await_test")
     ctx = RunContext(
-        entry_id=entry_id, owner=owner, rollback=False, step=step, entry=entry, policy=policy_get(), memo=memo
+        entry_id=entry_id,
+        owner=owner,
+        rollback=False,
+        step=step,
+        entry=entry,
+        policy=policy,
+        memo=memo,
+        clients=clients,
     )
     after = _after_state(ctx)  # may raise a transient error: the watchdog lets the run finish later
     now = timezone.now()

@@ -210,5 +210,5 @@ def decommission_evidence(request: HttpRequest, evidence_id: int) -> HttpRespons
     response = HttpResponse(bytes(evidence.content), content_type=evidence.content_type)
     response["Content-Disposition"] = content_disposition_header(as_attachment=True, filename=evidence.file_name)
     response["X-Content-Type-Options"] = "nosniff"
-    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox; frame-ancestors 'none'"
     return response

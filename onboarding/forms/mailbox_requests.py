@@ -45,6 +45,8 @@ from portal.policy.services import policy_get
 class PlainTextField(forms.CharField):
     """Text a person typed: no control characters or invisible direction overrides, and a bounded length."""
 
+    checks_plain_text = True  # the base form need not check it again
+
     def __init__(self, *, label: str, subject: str, max_length: int, multiline: bool = False, **kwargs: Any) -> None:
         messages = {
             "required": f"Enter {subject}",

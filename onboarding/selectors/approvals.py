@@ -36,7 +36,6 @@ from django.db.models import (
     Prefetch,
     Q,
     QuerySet,
-    Subquery,
     Value,
     When,
 )
@@ -137,15 +136,15 @@ def _approved_elsewhere_q(person_ids: Iterable[int]) -> Q:
     approvals of a reset stage no longer count.
     """
     ids = list(person_ids)
-    latest_on_its_stage = Decision.objects.filter(stage_id=OuterRef("stage_id")).order_by("-pk").values("pk")[:1]
+    # "No later decision on its stage" rather than "pk = (latest on its stage)": PostgreSQL estimates
+    # the equality at one row and then compares every inbox stage with every approval the person
+    # ever gave; the NOT EXISTS is planned as an anti-join on the stage index instead.
+    later_on_its_stage = Decision.objects.filter(stage_id=OuterRef("stage_id"), pk__gt=OuterRef("pk"))
     current_approvals = (
-        Decision.objects.filter(
-            request_id=OuterRef("request_id"),
-            stage__status=StageStatus.APPROVED,
-            pk=Subquery(latest_on_its_stage),
-        )
+        Decision.objects.filter(request_id=OuterRef("request_id"), stage__status=StageStatus.APPROVED)
         .exclude(stage_id=OuterRef("pk"))
         .filter(Q(decided_by_id__in=ids) | Q(on_behalf_of_id__in=ids))
+        .filter(~Exists(later_on_its_stage))
     )
     return Q(Exists(current_approvals))
 
@@ -311,6 +310,30 @@ def inbox_items(user: User, stages: Iterable[RequestStage], *, now: dt.datetime 
         )
         for stage in stages
     ]
+
+
+def inbox_keys(user: User, *, now: dt.datetime | None = None) -> list[tuple[int, int | None]]:
+    """The whole inbox in order as (stage id, on behalf of whom) pairs, for paging without a second
+    pass of the eligibility query: its length is the count, a slice is a page."""
+    return list(stages_awaiting(user, now=now).values_list("pk", "on_behalf_of_id"))
+
+
+def inbox_stages(keys: Iterable[tuple[int, int | None]], *, now: dt.datetime | None = None) -> list[RequestStage]:
+    """The stages of a page of ``inbox_keys``, in that order, annotated as ``stages_awaiting`` annotates them."""
+    now = now or timezone.now()
+    keys = list(keys)
+    stages = RequestStage.objects.select_related("request", "request__requester", "request__team").in_bulk(
+        [pk for pk, _ in keys]
+    )
+    page = []
+    for pk, on_behalf_of_id in keys:
+        stage = stages.get(pk)
+        if stage is None:  # decided or withdrawn between the two reads
+            continue
+        stage.on_behalf_of_id = on_behalf_of_id
+        stage.is_overdue = bool(stage.due_at and stage.due_at < now)
+        page.append(stage)
+    return page
 
 
 def approval_inbox(user: User, *, now: dt.datetime | None = None) -> list[InboxItem]:

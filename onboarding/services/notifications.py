@@ -63,7 +63,14 @@ def notify(
     )
     from onboarding.jobs import notification_send_job
 
-    enqueue_on_commit(notification_send_job, notification.pk, job_timeout=120)
+    def _not_queued(error: Exception) -> None:
+        # The change it announces has committed; a queue outage must not turn that into an error
+        # page. The notification row says it was never sent and why.
+        Notification.objects.filter(pk=notification.pk, status=NotificationStatus.QUEUED).update(
+            status=NotificationStatus.FAILED, error=f"Could not be queued: {type(error).__name__}: {error}"[:1000]
+        )
+
+    enqueue_on_commit(notification_send_job, notification.pk, job_timeout=120, on_enqueue_error=_not_queued)
     return notification
 
 

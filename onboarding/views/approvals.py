@@ -16,10 +16,11 @@ from onboarding.selectors.approvals import (
     decision_eligibility,
     decisions_by,
     inbox_items,
+    inbox_keys,
+    inbox_stages,
     request_route,
     route_estimates,
     stage_closed_message,
-    stages_awaiting,
 )
 from onboarding.services import approvals as services
 from portal.decorators import require_permission
@@ -35,13 +36,13 @@ DECIDED_PAGE_SIZE = 20
 @require_permission("decide_approvals")
 def approvals_dashboard(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
-    waiting_page = Paginator(stages_awaiting(request.user, now=now), INBOX_PAGE_SIZE).get_page(request.GET.get("page"))
+    waiting_page = Paginator(inbox_keys(request.user, now=now), INBOX_PAGE_SIZE).get_page(request.GET.get("page"))
     decided_page = Paginator(decisions_by(request.user), DECIDED_PAGE_SIZE).get_page(request.GET.get("decided_page"))
     return render(
         request,
         "onboarding/approvals/inbox.html",
         {
-            "items": inbox_items(request.user, waiting_page.object_list, now=now),
+            "items": inbox_items(request.user, inbox_stages(waiting_page.object_list, now=now), now=now),
             "waiting_page": waiting_page,
             "decided_page": decided_page,
             "now": now,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from django.contrib.auth import authenticate, login, logout
@@ -13,11 +14,18 @@ from django.http import HttpRequest
 from portal.audit.models import Outcome
 from portal.audit.services import audit_record
 from portal.exceptions import PortalError
+from portal.security import client_address
 
+from . import throttle
 from .models import Team, User
 from .roles import ROLE_GROUP_NAMES, Role, sync_role_groups
 
+logger = logging.getLogger(__name__)
+
 SIGN_IN_FAILED = "Enter a correct username and password. Both are case-sensitive."
+# The same words whether or not the username exists, so a lock reveals nothing about accounts.
+SIGN_IN_THROTTLED = "Too many attempts to sign in. Wait {minutes} minutes, then try again."
+SIGN_IN_UNAVAILABLE = "Sorry, signing in is not available at the moment. Try again in a few minutes."
 # How the person signed in ("entra"); absent for local accounts.
 SIGN_IN_METHOD_SESSION_KEY = "sign_in_method"
 # The same, carried over sign-out so the signed-out page can offer to end the Microsoft session too.
@@ -28,7 +36,34 @@ class SignInError(PortalError):
     pass
 
 
+class SignInThrottledError(SignInError):
+    """Too many recent failures for this username or from this address; the password was not checked."""
+
+
+class SignInUnavailableError(SignInError):
+    """The failure counts cannot be read, so no password is checked (guessing stays limited)."""
+
+
 def session_sign_in(*, request: HttpRequest, username: str, password: str) -> User:
+    address = client_address(request)
+    attempt = throttle.attempt_for(username=username, address=address)
+    try:
+        allowed = throttle.attempt_reserve(attempt)
+    except throttle.ThrottleUnavailableError:
+        logger.exception("sign-in refused: the failure counts in Redis cannot be read")
+        raise SignInUnavailableError(SIGN_IN_UNAVAILABLE) from None
+    if not allowed:
+        logger.warning("sign-in refused: too many failed attempts for the username or from %s", address)
+        audit_record(
+            actor=None,
+            actor_name="Anonymous",
+            action="auth.sign_in",
+            object_type="user",
+            object_id=username[:100],
+            outcome=Outcome.FAILURE,
+            reason="too many failed attempts; refused without checking the password",
+        )
+        raise SignInThrottledError(SIGN_IN_THROTTLED.format(minutes=throttle.lockout_minutes()))
     user = authenticate(request, username=username, password=password)
     with transaction.atomic():
         if user is None:
@@ -45,8 +80,10 @@ def session_sign_in(*, request: HttpRequest, username: str, password: str) -> Us
             login(request, user)
             audit_record(actor=user, action="auth.sign_in", object_type="user", object_id=user.pk)
     if user is None:
-        # Raised after the transaction so the failed attempt stays recorded.
+        # Raised after the transaction so the failed attempt stays recorded; the attempt stays
+        # counted as a failure.
         raise SignInError(SIGN_IN_FAILED)
+    throttle.attempt_succeeded(attempt)
     return user
 
 

@@ -17,7 +17,17 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from .entra import EntraSignInError, entra_sign_in_complete, entra_sign_in_start, entra_sign_out_url
 from .forms import SignInForm
-from .services import SIGNED_OUT_METHOD_SESSION_KEY, SignInError, session_sign_in, session_sign_out
+from .services import (
+    SIGNED_OUT_METHOD_SESSION_KEY,
+    SignInError,
+    SignInThrottledError,
+    SignInUnavailableError,
+    session_sign_in,
+    session_sign_out,
+)
+
+# Refused attempts say why in the status too, for monitoring and for scripts.
+_SIGN_IN_ERROR_STATUS = {SignInThrottledError: 429, SignInUnavailableError: 503}
 
 
 def _safe_next(request, candidate: str) -> str:
@@ -49,6 +59,7 @@ def sign_in(request):
     if request.user.is_authenticated and request.method == "GET":
         return redirect(_safe_next(request, next_url))
     form = SignInForm(request.POST or None, initial={"next": next_url})
+    status = 200
     if request.method == "POST" and form.is_valid():
         try:
             session_sign_in(
@@ -58,12 +69,14 @@ def sign_in(request):
             )
         except SignInError as error:
             form.add_error(None, error.message)
+            status = _SIGN_IN_ERROR_STATUS.get(type(error), 200)
         else:
             return redirect(_safe_next(request, next_url))
     return render(
         request,
         "accounts/sign_in.html",
         {"form": form, "next": next_url, "entra_sign_in": settings.ENTRA_SIGNIN.enabled},
+        status=status,
     )
 
 

@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from portal.csv_safe import csv_rows
 from portal.decorators import require_permission
+from portal.fragments import FORM_FRAGMENT_SECONDS, form_fragment_key
 
 from . import selectors, services
 from .forms import AuditFilterForm
@@ -64,6 +65,8 @@ def events(request):
         "audit/events.html",
         {
             "form": form,
+            "form_fragment_key": form_fragment_key(form),
+            "form_fragment_seconds": FORM_FRAGMENT_SECONDS,
             "page": page,
             "filter_query": query.urlencode(),
             "filters_applied": bool(filters.as_dict()),

@@ -42,6 +42,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost, so every response carries the policy, health probes and redirects included.
+    "portal.security.ContentSecurityPolicyMiddleware",
     # Health probes answer before host validation, HTTPS redirects and sessions,
     # so a load balancer or container runtime can call them on any address.
     "portal.health.HealthCheckMiddleware",
@@ -93,6 +95,10 @@ RQ_QUEUES = {
 RQ_SHOW_ADMIN_LINK = False
 # Forked jobs inherit the worker's Microsoft 365 tokens instead of each fetching their own.
 RQ = {"WORKER_CLASS": "portal.worker.PortalWorker"}
+# Shared by every web process: the short-lived dashboard figures (see portal/figures.py).
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+# How long a dashboard may show figures computed earlier; the page says when they were worked out.
+DASHBOARD_FIGURES_SECONDS = env.int("DASHBOARD_FIGURES_SECONDS", default=30, minimum=0, maximum=600)
 
 AUTH_USER_MODEL = "accounts.User"
 LOGIN_URL = "accounts:sign_in"
@@ -114,6 +120,29 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+CSRF_COOKIE_SAMESITE = "Lax"
+# Scripts and styles come only from the portal's own files (no inline script, no style
+# attributes); nothing may frame a page. See portal/security.py.
+CONTENT_SECURITY_POLICY = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:"],
+    "font-src": ["'self'"],
+    "connect-src": ["'self'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+    "base-uri": ["'self'"],
+    "object-src": ["'none'"],
+}
+# Proxies in front of the portal that append the client's address to X-Forwarded-For; sign-in
+# throttling counts attempts per client address, so it must know which entry to believe.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0, minimum=0, maximum=5)
+# Password guessing against local accounts: after this many failed sign-ins for one username, or
+# from one client address, further attempts are refused until the window has passed without one.
+SIGN_IN_MAX_FAILURES_PER_USERNAME = env.int("SIGN_IN_MAX_FAILURES_PER_USERNAME", default=5, minimum=1)
+SIGN_IN_MAX_FAILURES_PER_ADDRESS = env.int("SIGN_IN_MAX_FAILURES_PER_ADDRESS", default=20, minimum=1)
+SIGN_IN_LOCKOUT_SECONDS = env.int("SIGN_IN_LOCKOUT_SECONDS", default=15 * 60, minimum=60, maximum=24 * 60 * 60)
 
 LANGUAGE_CODE = "en-gb"
 TIME_ZONE = "Europe/London"

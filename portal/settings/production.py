@@ -39,6 +39,8 @@ if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
 env.str("REDIS_URL", hint="point it at Redis, e.g. redis://redis:6379/0")
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# The TLS proxy that sends X-Forwarded-Proto also appends the client's address to X-Forwarded-For.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=1, minimum=0, maximum=5)
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True

@@ -52,3 +52,6 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 WHITENOISE_USE_FINDERS = True
 # Static files come from the finders; no collected directory is expected.
 STATIC_ROOT = env.str("STATIC_ROOT", default=None)
+# Each test builds its own data inside a transaction that is rolled back, while the cache outlives
+# it: figures are worked out on every request unless a test sets a time (see portal/figures.py).
+DASHBOARD_FIGURES_SECONDS = 0

@@ -154,6 +154,30 @@ def test_an_address_approval_refused_needs_attention_with_what_to_do(
     assert fresh_sim.row("mailboxes", row["mailboxid"])["testemailconfigurationscheduled"] is False
 
 
+def test_a_mailbox_is_read_once_before_its_changes_and_once_when_its_test_has_finished(
+    m365_settings, fresh_sim, redis_queue, migration_lead
+):
+    # Every request spends the application user's budget: reads the job has just made are not made again.
+    prepare(fresh_sim, test_enable_delay=0.3, poll_seconds=1)
+    row = legacy(fresh_sim, owner="systemuser")[0]
+    wave = running_wave([row], creator=migration_lead)
+    since = fresh_sim.last_seq()
+
+    _start(wave, redis_queue)
+
+    entry = WaveMailbox.objects.get(wave=wave)
+    assert entry.state == WaveMailboxState.MIGRATED, entry.last_error
+    reads = [
+        item
+        for item in fresh_sim.ledger(since)
+        if item["surface"] == "dataverse"
+        and item["method"] == "GET"
+        and row["mailboxid"].lower() in item["path"].lower()
+    ]
+    assert len(reads) == 2  # the snapshot, then the poll that finds Test & Enable finished
+    assert len(writes(fresh_sim, since, row_ids=[row["mailboxid"]])) == 2  # the settings, the test
+
+
 def test_a_change_applied_but_answered_too_late_is_not_made_again(
     m365_settings, fresh_sim, redis_queue, migration_lead
 ):

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import django_rq
 import pytest
+import redis
+from rq import Queue
 
 from onboarding.models import (
     MailboxKind,
     MailboxRequest,
     Notification,
     NotificationEvent,
+    NotificationStatus,
     RequestStatus,
     StageStatus,
 )
@@ -32,6 +36,7 @@ from tests.onboarding.mailbox_request_support import (
     person,
     record_approval_route,
 )
+from tests.servers import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -549,3 +554,18 @@ def test_a_withdrawal_reason_is_bounded(requester):
         mailbox_request_withdraw(actor=requester, request_id=draft.pk, reason="x" * 1001)
     with pytest.raises(PortalError, match="letters, numbers"):
         mailbox_request_withdraw(actor=requester, request_id=draft.pk, reason="bye\x07")
+
+
+def test_a_queue_outage_leaves_the_submission_made_and_the_notification_marked_unsent(
+    requester, recorded_route, monkeypatch, django_capture_on_commit_callbacks
+):
+    # Nothing listens on this port: the queue answers as Redis does when it is down.
+    unreachable = Queue("default", connection=redis.Redis(host="127.0.0.1", port=free_port(), socket_timeout=1))
+    monkeypatch.setattr(django_rq, "get_queue", lambda *args, **kwargs: unreachable)
+    draft = complete_request(requester)
+    with django_capture_on_commit_callbacks(execute=True):
+        submitted = mailbox_request_submit(actor=requester, request_id=draft.pk)
+    assert MailboxRequest.objects.get(pk=submitted.pk).status == RequestStatus.SUBMITTED
+    [notification] = Notification.objects.filter(request=draft)
+    assert notification.status == NotificationStatus.FAILED
+    assert notification.error.startswith("Could not be queued: ConnectionError")
