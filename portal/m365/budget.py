@@ -6,12 +6,19 @@ Dataverse enforces service protection limits per application user over a sliding
 allows 4 concurrent requests per application per mailbox. Rather than bounce off those limits,
 every call first takes a lease from the budget of its application user:
 
-* a sorted set of request timestamps is the sliding window;
 * a sorted set of leases with expiry times is the concurrency limit (a killed worker's lease
   expires by itself instead of holding the slot for ever);
+* the sliding window counts every request from the moment its lease is taken until a whole
+  window after its answer came back: the leases while in flight, then a sorted set of answered
+  requests by the time of their answer. Microsoft counts a request from when it *arrives*, some
+  time after the lease was taken (it still has to be built, sent and accepted) and before the
+  answer; counting from the lease alone would let a request taken just as the window moved on
+  arrive while the one it replaced still counts at Microsoft's end, and be refused;
 * a sorted set of finished requests and their durations is the execution-time window;
 * ``blocked_until`` records a 429's ``Retry-After`` so *every* worker waits it out, not only
-  the one that received it.
+  the one that received it;
+* the total time callers waited for room is kept per key, so an operator (or a benchmark) can
+  tell work held back by the budget from work held back by anything else.
 
 Each check-and-take is one Lua script, so it is atomic across workers. Time comes from the Redis
 server (one clock for every worker) unless a clock is injected. Each application registration has
@@ -101,6 +108,20 @@ local function prune_execution(exec_key, state_key, cutoff)
   end
   return math.max(0, tonumber(redis.call('HGET', state_key, 'exec_ms') or '0'))
 end
+
+-- Drop expired leases; returns how many are still in flight. A lease expires when its worker died
+-- or hung; by then any attempt it made has timed out, so its request counts in the window as
+-- answered at the lease's expiry.
+local function prune_leases(lease_key, window_key, now, max_requests)
+  if max_requests > 0 then
+    local expired = redis.call('ZRANGEBYSCORE', lease_key, '-inf', now, 'WITHSCORES')
+    for index = 1, #expired, 2 do
+      redis.call('ZADD', window_key, expired[index + 1], expired[index])
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', lease_key, '-inf', now)
+  return redis.call('ZCARD', lease_key)
+end
 """
 
 # Checking and taking one key's facets: the window, the execution time, a concurrency slot.
@@ -112,12 +133,18 @@ local function refusal(window_key, lease_key, exec_key, state_key, now, window_m
   if blocked_until > now then
     return {blocked_until - now, 'blocked'}
   end
+  local in_flight = prune_leases(lease_key, window_key, now, max_requests)
   if max_requests > 0 then
     redis.call('ZREMRANGEBYSCORE', window_key, '-inf', now - window_ms)
-    local count = redis.call('ZCARD', window_key)
-    if count >= max_requests then
-      -- Room returns once the oldest (count - max + 1) requests have left the window.
-      local edge = redis.call('ZRANGE', window_key, count - max_requests, count - max_requests, 'WITHSCORES')
+    local answered = redis.call('ZCARD', window_key)
+    local over = answered + in_flight - max_requests
+    if over >= 0 then
+      -- Room returns once (over + 1) requests have left the window, the answered ones first, oldest
+      -- answer first; one still in flight leaves it a whole window after its answer at the earliest.
+      if over >= answered then
+        return {window_ms, 'window'}
+      end
+      local edge = redis.call('ZRANGE', window_key, over, over, 'WITHSCORES')
       return {math.max(1, tonumber(edge[2]) + window_ms - now), 'window'}
     end
   end
@@ -128,19 +155,15 @@ local function refusal(window_key, lease_key, exec_key, state_key, now, window_m
       return {math.max(1, tonumber(oldest[2]) + window_ms - now), 'execution'}
     end
   end
-  redis.call('ZREMRANGEBYSCORE', lease_key, '-inf', now)
-  if redis.call('ZCARD', lease_key) >= max_concurrent then
+  if in_flight >= max_concurrent then
     local first = redis.call('ZRANGE', lease_key, 0, 0, 'WITHSCORES')
     return {math.max(1, math.min(poll_ms, tonumber(first[2]) - now)), 'concurrency'}
   end
   return nil
 end
 
-local function take(keys, window_key, lease_key, now, lease_ms, max_requests, lease_id, ttl_ms)
+local function take(keys, lease_key, now, lease_ms, lease_id, ttl_ms)
   redis.call('ZADD', lease_key, now + lease_ms, lease_id)
-  if max_requests > 0 then
-    redis.call('ZADD', window_key, now, lease_id)
-  end
   for _, key in ipairs(keys) do
     if redis.call('EXISTS', key) == 1 then extend(key, ttl_ms) end
   end
@@ -149,7 +172,7 @@ end
 
 # KEYS: window, leases, execution, state
 # ARGV: now_ms (-1: Redis clock), window_ms, max_requests, max_concurrent, lease_ms, max_exec_ms,
-#       lease_id, poll_ms
+#       lease_id, poll_ms, waited_ms (how long this caller has already waited for room)
 # Returns {1, now} when granted, else {0, wait_ms, reason}.
 _ACQUIRE = (
     _PRELUDE
@@ -164,7 +187,11 @@ local refused = refusal(KEYS[1], KEYS[2], KEYS[3], KEYS[4], now, window_ms, max_
 if refused then
   return {0, refused[1], refused[2]}
 end
-take(KEYS, KEYS[1], KEYS[2], now, lease_ms, max_requests, ARGV[7], window_ms + lease_ms + 60000)
+local waited_ms = tonumber(ARGV[9])
+if waited_ms > 0 then
+  redis.call('HINCRBY', KEYS[4], 'waited_ms', waited_ms)
+end
+take(KEYS, KEYS[2], now, lease_ms, ARGV[7], window_ms + lease_ms + 60000)
 return {1, now}
 """
 )
@@ -191,23 +218,30 @@ end
 local ttl_ms = window_ms + lease_ms + 60000
 for first = 1, #KEYS, 4 do
   local keys = {KEYS[first], KEYS[first + 1], KEYS[first + 2], KEYS[first + 3]}
-  take(keys, keys[1], keys[2], now, lease_ms, max_requests, ARGV[7] .. ((first - 1) / 4 + 1), ttl_ms)
+  take(keys, keys[2], now, lease_ms, ARGV[7] .. ((first - 1) / 4 + 1), ttl_ms)
 end
 return {1, now}
 """
 )
 
-# KEYS: leases, execution, state.  ARGV: now_ms, lease_id, duration_ms, track_execution (0/1), ttl_ms
+# KEYS: window, leases, execution, state.
+# ARGV: now_ms, lease_id, duration_ms, track_execution (0/1), ttl_ms, track_window (0/1)
 _RELEASE = (
     _PRELUDE
     + """
 local now = now_ms(ARGV[1])
-local removed = redis.call('ZREM', KEYS[1], ARGV[2])
+local removed = redis.call('ZREM', KEYS[2], ARGV[2])
+if tonumber(ARGV[6]) == 1 then
+  -- The answer is back, so Microsoft received the request before now: it counts until a window from
+  -- now (one millisecond more covers the clock's rounding down).
+  redis.call('ZADD', KEYS[1], now + 1, ARGV[2])
+  extend(KEYS[1], tonumber(ARGV[5]))
+end
 if tonumber(ARGV[4]) == 1 then
-  redis.call('ZADD', KEYS[2], now, ARGV[2] .. ':' .. ARGV[3])
-  redis.call('HINCRBY', KEYS[3], 'exec_ms', tonumber(ARGV[3]))
-  extend(KEYS[2], tonumber(ARGV[5]))
+  redis.call('ZADD', KEYS[3], now, ARGV[2] .. ':' .. ARGV[3])
+  redis.call('HINCRBY', KEYS[4], 'exec_ms', tonumber(ARGV[3]))
   extend(KEYS[3], tonumber(ARGV[5]))
+  extend(KEYS[4], tonumber(ARGV[5]))
 end
 return removed
 """
@@ -246,17 +280,16 @@ if blocked_until > now then
   return {0, blocked_until - now}
 end
 local room = 1000
+local active = prune_leases(lease_key, window_key, now, max_requests)
 if max_requests > 0 then
   redis.call('ZREMRANGEBYSCORE', window_key, '-inf', now - window_ms)
-  local count = redis.call('ZCARD', window_key)
+  local count = redis.call('ZCARD', window_key) + active
   room = math.min(room, math.floor(1000 * (max_requests - count) / max_requests))
 end
 if max_exec_ms > 0 then
   local used = prune_execution(exec_key, state_key, now - window_ms)
   room = math.min(room, math.floor(1000 * (max_exec_ms - used) / max_exec_ms))
 end
-redis.call('ZREMRANGEBYSCORE', lease_key, '-inf', now)
-local active = redis.call('ZCARD', lease_key)
 room = math.min(room, math.floor(1000 * (max_concurrent - active) / max_concurrent))
 return {math.max(0, room), 0}
 """
@@ -333,10 +366,14 @@ class RateBudget:
         ``retry_after`` set, so the job can reschedule instead of holding a worker.
         """
         lease_id = self._new_lease_id()
-        deadline = self._monotonic() + self._max_wait
+        began = self._monotonic()
+        deadline = began + self._max_wait
+        waited_ms = 0
         while True:
             result = self._run(
-                self._acquire_script, keys=self._keys(key), args=self._acquire_args(self._now_ms(), lease_id)
+                self._acquire_script,
+                keys=self._keys(key),
+                args=self._acquire_args(self._now_ms(), lease_id, waited_ms=waited_ms),
             )
             if int(result[0]) == 1:
                 return Lease(budget=self, key=key, lease_id=lease_id)
@@ -348,6 +385,7 @@ class RateBudget:
             if remaining <= 0:
                 raise self._exhausted(key, reason=reason, wait=wait)
             self._sleep(min(wait, remaining))
+            waited_ms = self._ms(self._monotonic() - began)
 
     def acquire_many(self, keys: Sequence[str]) -> list[Lease]:
         """Leases for several keys (e.g. every mailbox in one Graph ``$batch``), all or none.
@@ -386,15 +424,12 @@ class RateBudget:
         for lease in due:
             lease._released = True
         now = time.monotonic()
-        track = 1 if self.limits.max_execution_seconds > 0 else 0
-        ttl_ms = self._ms(self.limits.window_seconds + self.limits.lease_seconds) + 60000
         try:
-            if track:
-                calls = []
-                for lease in due:
-                    keys = self._keys(lease.key)
-                    duration = max(1, self._ms(now - lease._started))
-                    calls.append(([keys[1], keys[2], keys[3]], [self._now_ms(), lease.lease_id, duration, 1, ttl_ms]))
+            if self._release_tracks():
+                calls = [
+                    (self._keys(lease.key), self._release_args(lease, duration_seconds=now - lease._started))
+                    for lease in due
+                ]
                 self._pipelined(self._release_script, calls)
             else:
                 pipe = self._redis.pipeline(transaction=False)
@@ -430,6 +465,18 @@ class RateBudget:
         """How much of ``key``'s tightest facet is free right now: 0 (none, or blocked) to 1 (idle)."""
         return self.standing(key)[0]
 
+    def waited(self, key: str) -> float:
+        """Seconds callers have spent waiting for room in ``key``'s budget, all together.
+
+        Kept while the key is in use (it expires with the key's other records once idle), so a
+        run that waited a large share of its time was held back by the budget, not by its own speed.
+        """
+        try:
+            waited_ms = self._redis.hget(self._keys(key)[3], "waited_ms")
+        except redis.RedisError as exc:
+            raise self._unavailable(exc) from exc
+        return int(waited_ms or 0) / 1000
+
     def standing(self, key: str) -> tuple[float, float]:
         """``(room, blocked_for)`` in one round trip, for choosing between application users."""
         result = self._run(
@@ -448,14 +495,11 @@ class RateBudget:
     # --- internals -----------------------------------------------------------------------
 
     def _release(self, lease: Lease, *, duration_seconds: float) -> None:
-        keys = self._keys(lease.key)
-        track = 1 if self.limits.max_execution_seconds > 0 else 0
-        ttl_ms = self._ms(self.limits.window_seconds + self.limits.lease_seconds) + 60000
         try:
             self._run(
                 self._release_script,
-                keys=[keys[1], keys[2], keys[3]],
-                args=[self._now_ms(), lease.lease_id, max(1, self._ms(duration_seconds)), track, ttl_ms],
+                keys=self._keys(lease.key),
+                args=self._release_args(lease, duration_seconds=duration_seconds),
             )
         except TransientError:
             # The call itself is over and its outcome must reach the caller; the lease
@@ -509,7 +553,7 @@ class RateBudget:
         # Unique across processes (the instance's random prefix) without a system call per lease.
         return f"{self._lease_prefix}{next(self._lease_numbers)}"
 
-    def _acquire_args(self, now_ms: int, lease_id: str) -> list[object]:
+    def _acquire_args(self, now_ms: int, lease_id: str, *, waited_ms: int = 0) -> list[object]:
         return [
             now_ms,
             self._ms(self.limits.window_seconds),
@@ -519,6 +563,22 @@ class RateBudget:
             self._ms(self.limits.max_execution_seconds),
             lease_id,
             self._poll_ms,
+            waited_ms,
+        ]
+
+    def _release_tracks(self) -> bool:
+        """Whether a release records anything (the answer's time in the window, the execution time)."""
+        return self.limits.max_requests > 0 or self.limits.max_execution_seconds > 0
+
+    def _release_args(self, lease: Lease, *, duration_seconds: float) -> list[object]:
+        ttl_ms = self._ms(self.limits.window_seconds + self.limits.lease_seconds) + 60000
+        return [
+            self._now_ms(),
+            lease.lease_id,
+            max(1, self._ms(duration_seconds)),
+            1 if self.limits.max_execution_seconds > 0 else 0,
+            ttl_ms,
+            1 if self.limits.max_requests > 0 else 0,
         ]
 
     def _keys(self, key: str) -> list[str]:
