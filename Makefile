@@ -8,9 +8,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
-# Three test processes on two cores: much of the suite waits on real servers, workers and browsers,
-# not the CPU; idle processes take queued tests from busy ones (worksteal) so no long test waits at
-# the end. Each gets its own test database and Redis database (see portal/settings/test.py). Tests marked
+# Two test processes: much of the suite waits on real servers, workers and browsers, not the CPU.
+# Each gets its own test database and Redis database (see portal/settings/test.py). Tests marked
 # `serial` measure timing under load they create themselves, so they run afterwards, alone.
 PYTEST_ARGS ?=
 
@@ -24,7 +23,7 @@ test: install assets
 	$(BIN)/ruff format --check .
 	$(BIN)/bandit -c pyproject.toml -r . -q --severity-level high
 	$(BIN)/python scripts/check_code_rules.py
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest -n 3 --dist worksteal -m "not serial" $(PYTEST_ARGS)
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest -n 2 -m "not serial" $(PYTEST_ARGS)
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest -m serial $(PYTEST_ARGS) \
 		|| [ $$? -eq 5 ]  # 5: nothing selected (PYTEST_ARGS chose other tests)
 

@@ -43,6 +43,9 @@ def run_jobs(worker_class, queue, jobs) -> list:
     return [queue.fetch_job(job.id) for job in jobs]
 
 
+# The worker closes stale database connections around every job, so it needs database access
+# whichever tests ran before in this process.
+@pytest.mark.django_db(transaction=True)
 def test_jobs_share_the_workers_tokens_instead_of_each_fetching_them(m365_settings, fresh_sim, redis_queue):
     queue = Queue(redis_queue.name, connection=redis_queue.connection)
     per_job = 3 * len(m365_settings.registrations)  # Dataverse, Graph and Exchange for each registration
