@@ -44,6 +44,18 @@ class SignInUnavailableError(SignInError):
     """The failure counts cannot be read, so no password is checked (guessing stays limited)."""
 
 
+def _audit_failed_sign_in(username: str, *, reason: str) -> None:
+    audit_record(
+        actor=None,
+        actor_name="Anonymous",
+        action="auth.sign_in",
+        object_type="user",
+        object_id=username[:100],
+        outcome=Outcome.FAILURE,
+        reason=reason,
+    )
+
+
 def session_sign_in(*, request: HttpRequest, username: str, password: str) -> User:
     address = client_address(request)
     attempt = throttle.attempt_for(username=username, address=address)
@@ -54,28 +66,12 @@ def session_sign_in(*, request: HttpRequest, username: str, password: str) -> Us
         raise SignInUnavailableError(SIGN_IN_UNAVAILABLE) from None
     if not allowed:
         logger.warning("sign-in refused: too many failed attempts for the username or from %s", address)
-        audit_record(
-            actor=None,
-            actor_name="Anonymous",
-            action="auth.sign_in",
-            object_type="user",
-            object_id=username[:100],
-            outcome=Outcome.FAILURE,
-            reason="too many failed attempts; refused without checking the password",
-        )
+        _audit_failed_sign_in(username, reason="too many failed attempts; refused without checking the password")
         raise SignInThrottledError(SIGN_IN_THROTTLED.format(minutes=throttle.lockout_minutes()))
     user = authenticate(request, username=username, password=password)
     with transaction.atomic():
         if user is None:
-            audit_record(
-                actor=None,
-                actor_name="Anonymous",
-                action="auth.sign_in",
-                object_type="user",
-                object_id=username[:100],
-                outcome=Outcome.FAILURE,
-                reason="username or password not recognised",
-            )
+            _audit_failed_sign_in(username, reason="username or password not recognised")
         else:
             login(request, user)
             audit_record(actor=user, action="auth.sign_in", object_type="user", object_id=user.pk)
