@@ -265,6 +265,8 @@ class Decision(models.Model):
 
     class Meta:
         ordering = ["decided_at", "id"]
+        # "Decided by you", newest first: an approver's page reads twenty rows off this index.
+        indexes = [models.Index(fields=["decided_by", "-decided_at", "-id"], name="decision_by_person_idx")]
 
     def __str__(self) -> str:
         return f"{self.request.reference}: {self.outcome} by {self.decided_by}"

@@ -58,7 +58,30 @@ def alert_queue(
         alerts = alerts.filter(level=level)
     if mine:
         alerts = alerts.filter(assigned_to=user)
-    return alerts.order_by("-urgent", "-level", "mailbox__name", "mailbox_id", "profile_name", "-last_seen_at", "id")
+    return alerts.only(*QUEUE_FIELDS).order_by(
+        "-urgent", "-level", "mailbox__name", "mailbox_id", "profile_name", "-last_seen_at", "id"
+    )
+
+
+# What the queue shows of each alert, its mailbox and whoever it is assigned to.
+QUEUE_FIELDS = (
+    "level",
+    "profile_name",
+    "urgent",
+    "source",
+    "code",
+    "text",
+    "first_seen_at",
+    "last_seen_at",
+    "occurrences",
+    "status",
+    "reopened_count",
+    "mailbox__name",
+    "mailbox__email_address",
+    "assigned_to__username",
+    "assigned_to__first_name",
+    "assigned_to__last_name",
+)
 
 
 def queue_summary(user: User) -> QueueSummary:

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.contrib.auth.models import Permission
+from django.db import connections, router
 from django.db.models import (
     BooleanField,
     Case,
@@ -149,42 +150,77 @@ def _approved_elsewhere_q(person_ids: Iterable[int]) -> Q:
     return Q(Exists(current_approvals))
 
 
+def _approved_by_q(person_ids: Iterable[int]) -> Q:
+    """For waiting stages, the same as ``_approved_elsewhere_q``: their request has a stage that
+    stands approved by (or on behalf of) one of ``person_ids``.
+
+    A waiting stage is never the approved one, so "another stage" needs no comparison with the
+    stage itself; the approvals are then read once, not once per stage.
+    """
+    ids = list(person_ids)
+    later_on_its_stage = Decision.objects.filter(stage_id=OuterRef("stage_id"), pk__gt=OuterRef("pk"))
+    approved_requests = (
+        Decision.objects.filter(
+            Q(decided_by_id__in=ids) | Q(on_behalf_of_id__in=ids), stage__status=StageStatus.APPROVED
+        )
+        .filter(~Exists(later_on_its_stage))
+        .values("request_id")
+    )
+    return Q(request_id__in=approved_requests)
+
+
 def _eligible_q(user: User, people: list[User]) -> Q:
     """Waiting stages ``user`` may decide, acting for ``people`` (``user`` first, then delegators)."""
     if not can_decide_approvals(user):
         return Q(pk__in=[])
     by_authority = _approver_q(user)
     for delegator in people[1:]:
-        by_authority |= _approver_q(delegator) & ~_approved_elsewhere_q([delegator.pk])
+        by_authority |= _approver_q(delegator) & ~_approved_by_q([delegator.pk])
     return (
         Q(status=StageStatus.WAITING)
         & ~Q(request__requester_id__in=[person.pk for person in people])
-        & ~_approved_elsewhere_q([user.pk])
+        & ~_approved_by_q([user.pk])
         & by_authority
     )
 
 
-def stages_awaiting(user: User, *, now: dt.datetime | None = None) -> QuerySet[RequestStage]:
+def _inbox_queryset(user: User, people: list[User]) -> QuerySet[RequestStage]:
+    """Waiting stages ``user`` may decide, oldest first, annotated with ``on_behalf_of_id``."""
+    if len(people) > 1:
+        on_behalf = [When(_approver_q(user), then=Value(None))]
+        on_behalf += [
+            When(_approver_q(delegator) & ~_approved_by_q([delegator.pk]), then=Value(delegator.pk))
+            for delegator in people[1:]
+        ]
+        on_behalf_of_id = Case(*on_behalf, default=Value(None), output_field=IntegerField())
+    else:
+        # Standing in for nobody, every stage is decided in their own right; building the
+        # conditions twice would cost more than the query itself.
+        on_behalf_of_id = Value(None, output_field=IntegerField())
+    return (
+        RequestStage.objects.filter(_eligible_q(user, people))
+        .annotate(on_behalf_of_id=on_behalf_of_id)
+        .order_by("waiting_since", "pk")
+    )
+
+
+def stages_awaiting(
+    user: User, *, now: dt.datetime | None = None, people: list[User] | None = None
+) -> QuerySet[RequestStage]:
     """The approver's inbox: stages they may decide now, oldest first.
 
     Annotated with ``is_overdue`` and ``on_behalf_of_id`` (the delegator whose authority the
-    user would decide with, or ``None`` when they may decide in their own right).
+    user would decide with, or ``None`` when they may decide in their own right). ``people`` is
+    ``acting_for(user)`` when the caller has already read it.
     """
     now = now or timezone.now()
-    people = acting_for(user, on=timezone.localdate(now))
-    on_behalf = [When(_approver_q(user), then=Value(None))]
-    on_behalf += [
-        When(_approver_q(delegator) & ~_approved_elsewhere_q([delegator.pk]), then=Value(delegator.pk))
-        for delegator in people[1:]
-    ]
+    people = people if people is not None else acting_for(user, on=timezone.localdate(now))
     return (
-        RequestStage.objects.filter(_eligible_q(user, people))
+        _inbox_queryset(user, people)
         .select_related("request", "request__requester", "request__team")
         .annotate(
-            is_overdue=Case(When(due_at__lt=now, then=Value(True)), default=Value(False), output_field=BooleanField()),
-            on_behalf_of_id=Case(*on_behalf, default=Value(None), output_field=IntegerField()),
+            is_overdue=Case(When(due_at__lt=now, then=Value(True)), default=Value(False), output_field=BooleanField())
         )
-        .order_by("waiting_since", "pk")
     )
 
 
@@ -296,15 +332,22 @@ class InboxItem:
     overdue_by: dt.timedelta | None
 
 
-def inbox_items(user: User, stages: Iterable[RequestStage], *, now: dt.datetime | None = None) -> list[InboxItem]:
+def inbox_items(
+    user: User,
+    stages: Iterable[RequestStage],
+    *,
+    now: dt.datetime | None = None,
+    people: list[User] | None = None,
+) -> list[InboxItem]:
     """Stages from ``stages_awaiting`` (or a page of them) with the people behind ``on_behalf_of_id``."""
     now = now or timezone.now()
-    people = {person.pk: person for person in acting_for(user, on=timezone.localdate(now))}
+    acting = people if people is not None else acting_for(user, on=timezone.localdate(now))
+    people_by_id = {person.pk: person for person in acting}
     return [
         InboxItem(
             stage=stage,
             request=stage.request,
-            on_behalf_of=people.get(stage.on_behalf_of_id) if stage.on_behalf_of_id else None,
+            on_behalf_of=people_by_id.get(stage.on_behalf_of_id) if stage.on_behalf_of_id else None,
             is_overdue=stage.is_overdue,
             overdue_by=(now - stage.due_at) if stage.is_overdue and stage.due_at else None,
         )
@@ -312,18 +355,66 @@ def inbox_items(user: User, stages: Iterable[RequestStage], *, now: dt.datetime 
     ]
 
 
-def inbox_keys(user: User, *, now: dt.datetime | None = None) -> list[tuple[int, int | None]]:
+# The inbox query's SQL for each shape of authority (see ``inbox_keys``); bounded, per process.
+_INBOX_SQL: dict[tuple, tuple[str, tuple]] = {}
+_INBOX_SQL_LIMIT = 1024
+
+
+def inbox_keys(
+    user: User, *, now: dt.datetime | None = None, people: list[User] | None = None
+) -> list[tuple[int, int | None]]:
     """The whole inbox in order as (stage id, on behalf of whom) pairs, for paging without a second
-    pass of the eligibility query: its length is the count, a slice is a page."""
-    return list(stages_awaiting(user, now=now).values_list("pk", "on_behalf_of_id"))
+    pass of the eligibility query: its length is the count, a slice is a page.
+
+    The same rows as ``stages_awaiting``. Its SQL depends only on who the person is, whom they
+    stand in for and the roles each holds, and building it through the ORM costs several times
+    what PostgreSQL takes to answer it; so the SQL is built once per such shape and the query
+    itself runs every time.
+    """
+    now = now or timezone.now()
+    people = people if people is not None else acting_for(user, on=timezone.localdate(now))
+    if not can_decide_approvals(user):
+        return []
+    shape = tuple((person.pk, tuple(role.value for role in person.roles())) for person in people)
+    compiled = _INBOX_SQL.get(shape)
+    if compiled is None:
+        compiled = _inbox_queryset(user, people).values_list("pk", "on_behalf_of_id").query.sql_with_params()
+        if len(_INBOX_SQL) >= _INBOX_SQL_LIMIT:
+            _INBOX_SQL.clear()
+        _INBOX_SQL[shape] = compiled
+    sql, params = compiled
+    with connections[router.db_for_read(RequestStage)].cursor() as cursor:
+        cursor.execute(sql, params)
+        return [(pk, on_behalf_of_id) for pk, on_behalf_of_id in cursor.fetchall()]
+
+
+# What the inbox shows of each stage, its request, team and requester.
+INBOX_STAGE_FIELDS = (
+    "name",
+    "status",
+    "waiting_since",
+    "due_at",
+    "escalated_at",
+    "request__reference",
+    "request__display_name",
+    "request__local_part",
+    "request__domain",
+    "request__status",
+    "request__requester__username",
+    "request__requester__first_name",
+    "request__requester__last_name",
+    "request__team__name",
+)
 
 
 def inbox_stages(keys: Iterable[tuple[int, int | None]], *, now: dt.datetime | None = None) -> list[RequestStage]:
     """The stages of a page of ``inbox_keys``, in that order, annotated as ``stages_awaiting`` annotates them."""
     now = now or timezone.now()
     keys = list(keys)
-    stages = RequestStage.objects.select_related("request", "request__requester", "request__team").in_bulk(
-        [pk for pk, _ in keys]
+    stages = (
+        RequestStage.objects.select_related("request", "request__requester", "request__team")
+        .only(*INBOX_STAGE_FIELDS)
+        .in_bulk([pk for pk, _ in keys])
     )
     page = []
     for pk, on_behalf_of_id in keys:
@@ -369,7 +460,19 @@ def decisions_by(user: User) -> QuerySet[Decision]:
     """Decisions ``user`` made (for themselves or for someone else), newest first."""
     return (
         Decision.objects.filter(decided_by=user)
-        .select_related("request", "request__team", "stage", "on_behalf_of")
+        .select_related("request", "stage", "on_behalf_of")
+        .only(
+            "outcome",
+            "reason",
+            "decided_at",
+            "decided_by_id",
+            "request__reference",
+            "request__display_name",
+            "stage__name",
+            "on_behalf_of__username",
+            "on_behalf_of__first_name",
+            "on_behalf_of__last_name",
+        )
         .order_by("-decided_at", "-pk")
     )
 

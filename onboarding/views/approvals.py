@@ -12,6 +12,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from onboarding.forms.approvals import ApprovalStageForm, DecisionForm, DelegationForm, StageMoveForm
 from onboarding.models import ApprovalStage, DecisionOutcome, Delegation, RequestStage, StageStatus
 from onboarding.selectors.approvals import (
+    acting_for,
     approval_stages_configured,
     decision_eligibility,
     decisions_by,
@@ -36,13 +37,17 @@ DECIDED_PAGE_SIZE = 20
 @require_permission("decide_approvals")
 def approvals_dashboard(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
-    waiting_page = Paginator(inbox_keys(request.user, now=now), INBOX_PAGE_SIZE).get_page(request.GET.get("page"))
+    people = acting_for(request.user, on=timezone.localdate(now))
+    waiting_page = Paginator(inbox_keys(request.user, now=now, people=people), INBOX_PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
     decided_page = Paginator(decisions_by(request.user), DECIDED_PAGE_SIZE).get_page(request.GET.get("decided_page"))
+    stages = inbox_stages(waiting_page.object_list, now=now)
     return render(
         request,
         "onboarding/approvals/inbox.html",
         {
-            "items": inbox_items(request.user, inbox_stages(waiting_page.object_list, now=now), now=now),
+            "items": inbox_items(request.user, stages, now=now, people=people),
             "waiting_page": waiting_page,
             "decided_page": decided_page,
             "now": now,

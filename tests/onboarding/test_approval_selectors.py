@@ -11,6 +11,7 @@ from onboarding.models import DecisionOutcome, RequestStage, StageStatus
 from onboarding.selectors.approvals import (
     approval_inbox,
     decision_eligibility,
+    inbox_keys,
     stage_approvers,
     stage_decision_recipients,
     stages_awaiting,
@@ -202,9 +203,32 @@ def test_the_inbox_and_the_single_stage_check_always_agree(cast):
     }  # fmt: skip
     for person in people:
         inbox = {stage.pk: stage.on_behalf_of_id for stage in stages_awaiting(person)}
+        # The approvals page pages through inbox_keys: the same stages, in the same order.
+        assert inbox_keys(person) == [(stage.pk, stage.on_behalf_of_id) for stage in stages_awaiting(person)]
         for stage in stages:
             eligibility = decision_eligibility(person, stage)
             assert (stage.pk in inbox) == eligibility.allowed, (person.username, stage, eligibility.reason)
             if eligibility.allowed:
                 expected = eligibility.on_behalf_of.pk if eligibility.on_behalf_of else None
                 assert inbox[stage.pk] == expected, (person.username, stage)
+
+
+def test_the_inbox_follows_a_change_of_role_or_cover_at_once(cast, route):
+    """inbox_keys reuses its SQL for people with the same authority: never for someone whose roles
+    or cover have changed since."""
+    request = submit(draft_for(cast))
+    approve(cast.owner, request)  # now waiting at the platform admins' stage
+    admin_stage = waiting_stage(request).pk
+
+    assert inbox_keys(User.objects.get(pk=cast.admin.pk)) == [(admin_stage, None)]
+    assert inbox_keys(User.objects.get(pk=cast.other_admin.pk)) == [(admin_stage, None)]
+    assert inbox_keys(User.objects.get(pk=cast.delegate.pk)) == []
+
+    cast.other_admin.groups.clear()
+    cast.other_admin.groups.add(*cast.owner.groups.all())  # an approver now, not an admin
+    assert inbox_keys(User.objects.get(pk=cast.other_admin.pk)) == []
+
+    today = timezone.localdate()
+    delegation_create(actor=cast.admin, delegate=cast.delegate, starts_on=today, ends_on=today)
+    assert inbox_keys(User.objects.get(pk=cast.delegate.pk)) == [(admin_stage, cast.admin.pk)]
+    assert inbox_keys(User.objects.get(pk=cast.admin.pk)) == [(admin_stage, None)]
