@@ -63,6 +63,11 @@ class DataClassification(models.TextChoices):
     OFFICIAL_SENSITIVE = "official_sensitive", "OFFICIAL-SENSITIVE"
 
 
+def mailbox_address(local_part: str, domain: str) -> str:
+    """The address a request asks for, once both its parts are known."""
+    return f"{local_part}@{domain}" if local_part and domain else ""
+
+
 class MailboxRequest(models.Model):
     reference = models.CharField(max_length=20, unique=True)
     kind = models.CharField(max_length=10, choices=MailboxKind.choices, blank=True)
@@ -115,7 +120,7 @@ class MailboxRequest(models.Model):
 
     @property
     def address(self) -> str:
-        return f"{self.local_part}@{self.domain}" if self.local_part and self.domain else ""
+        return mailbox_address(self.local_part, self.domain)
 
     @property
     def is_queue(self) -> bool:

@@ -27,7 +27,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.contrib.auth.models import Permission
-from django.db import connections, router
 from django.db.models import (
     BooleanField,
     Case,
@@ -51,8 +50,10 @@ from onboarding.models import (
     RequestStage,
     RequestStatus,
     StageStatus,
+    mailbox_address,
 )
-from portal.accounts.models import Team, User
+from portal import compiled_sql
+from portal.accounts.models import Team, User, display_name_of
 from portal.accounts.roles import ROLE_GROUP_NAMES, Role, perm
 
 DECIDE_PERMISSION = "decide_approvals"
@@ -355,11 +356,6 @@ def inbox_items(
     ]
 
 
-# The inbox query's SQL for each shape of authority (see ``inbox_keys``); bounded, per process.
-_INBOX_SQL: dict[tuple, tuple[str, tuple]] = {}
-_INBOX_SQL_LIMIT = 1024
-
-
 def inbox_keys(
     user: User, *, now: dt.datetime | None = None, people: list[User] | None = None
 ) -> list[tuple[int, int | None]]:
@@ -367,31 +363,41 @@ def inbox_keys(
     pass of the eligibility query: its length is the count, a slice is a page.
 
     The same rows as ``stages_awaiting``. Its SQL depends only on who the person is, whom they
-    stand in for and the roles each holds, and building it through the ORM costs several times
-    what PostgreSQL takes to answer it; so the SQL is built once per such shape and the query
-    itself runs every time.
+    stand in for and the roles each holds, so it is built once for each such shape (see
+    ``portal.compiled_sql``); the query itself runs every time.
     """
     now = now or timezone.now()
     people = people if people is not None else acting_for(user, on=timezone.localdate(now))
     if not can_decide_approvals(user):
         return []
-    shape = tuple((person.pk, tuple(role.value for role in person.roles())) for person in people)
-    compiled = _INBOX_SQL.get(shape)
-    if compiled is None:
-        compiled = _inbox_queryset(user, people).values_list("pk", "on_behalf_of_id").query.sql_with_params()
-        if len(_INBOX_SQL) >= _INBOX_SQL_LIMIT:
-            _INBOX_SQL.clear()
-        _INBOX_SQL[shape] = compiled
-    sql, params = compiled
-    with connections[router.db_for_read(RequestStage)].cursor() as cursor:
-        cursor.execute(sql, params)
-        return [(pk, on_behalf_of_id) for pk, on_behalf_of_id in cursor.fetchall()]
+    shape = ("inbox", *((person.pk, tuple(role.value for role in person.roles())) for person in people))
+    sql, params = compiled_sql.compiled(
+        shape, lambda: _inbox_queryset(user, people).values_list("pk", "on_behalf_of_id")
+    )
+    return [(pk, on_behalf_of_id) for pk, on_behalf_of_id in compiled_sql.rows(RequestStage, sql, params)]
 
 
-# What the inbox shows of each stage, its request, team and requester.
-INBOX_STAGE_FIELDS = (
+@dataclass(frozen=True)
+class InboxRow:
+    """One line of the approvals page: what it shows of a waiting stage and its request."""
+
+    stage_id: int
+    stage_name: str
+    reference: str
+    display_name: str
+    address: str
+    team_name: str
+    requester_name: str
+    waiting_since: dt.datetime | None
+    due_at: dt.datetime | None
+    escalated: bool
+    is_overdue: bool
+    on_behalf_of_name: str  # the delegator's name when deciding for them, else ""
+
+
+_ROW_COLUMNS = (
+    "pk",
     "name",
-    "status",
     "waiting_since",
     "due_at",
     "escalated_at",
@@ -399,31 +405,53 @@ INBOX_STAGE_FIELDS = (
     "request__display_name",
     "request__local_part",
     "request__domain",
-    "request__status",
-    "request__requester__username",
+    "request__team__name",
     "request__requester__first_name",
     "request__requester__last_name",
-    "request__team__name",
+    "request__requester__username",
 )
 
 
-def inbox_stages(keys: Iterable[tuple[int, int | None]], *, now: dt.datetime | None = None) -> list[RequestStage]:
-    """The stages of a page of ``inbox_keys``, in that order, annotated as ``stages_awaiting`` annotates them."""
+def inbox_rows(
+    keys: Iterable[tuple[int, int | None]], *, people: list[User], now: dt.datetime | None = None
+) -> list[InboxRow]:
+    """The lines for a page of ``inbox_keys``, in that order; ``people`` is ``acting_for`` the approver.
+
+    Read as plain values, one query whose SQL is built once per page length: fifty lines of
+    model objects and their related objects cost more to make than the page takes to draw.
+    """
     now = now or timezone.now()
     keys = list(keys)
-    stages = (
-        RequestStage.objects.select_related("request", "request__requester", "request__team")
-        .only(*INBOX_STAGE_FIELDS)
-        .in_bulk([pk for pk, _ in keys])
+    ids = [pk for pk, _ in keys]
+    if not ids:
+        return []
+    sql, _ = compiled_sql.compiled(
+        ("inbox rows", len(ids)), lambda: RequestStage.objects.filter(pk__in=ids).values_list(*_ROW_COLUMNS)
     )
+    found = {row[0]: row for row in compiled_sql.rows(RequestStage, sql, ids)}
+    names = {person.pk: person.display_name for person in people}
     page = []
     for pk, on_behalf_of_id in keys:
-        stage = stages.get(pk)
-        if stage is None:  # decided or withdrawn between the two reads
+        row = found.get(pk)
+        if row is None:  # decided or withdrawn between the two reads
             continue
-        stage.on_behalf_of_id = on_behalf_of_id
-        stage.is_overdue = bool(stage.due_at and stage.due_at < now)
-        page.append(stage)
+        _, name, waiting_since, due_at, escalated_at, reference, display_name, local_part, domain, team, *person = row
+        page.append(
+            InboxRow(
+                stage_id=pk,
+                stage_name=name,
+                reference=reference,
+                display_name=display_name,
+                address=mailbox_address(local_part, domain),
+                team_name=team or "",
+                requester_name=display_name_of(*person),
+                waiting_since=waiting_since,
+                due_at=due_at,
+                escalated=escalated_at is not None,
+                is_overdue=bool(due_at and due_at < now),
+                on_behalf_of_name=names.get(on_behalf_of_id, "") if on_behalf_of_id else "",
+            )
+        )
     return page
 
 

@@ -16,9 +16,8 @@ from onboarding.selectors.approvals import (
     approval_stages_configured,
     decision_eligibility,
     decisions_by,
-    inbox_items,
     inbox_keys,
-    inbox_stages,
+    inbox_rows,
     request_route,
     route_estimates,
     stage_closed_message,
@@ -42,12 +41,11 @@ def approvals_dashboard(request: HttpRequest) -> HttpResponse:
         request.GET.get("page")
     )
     decided_page = Paginator(decisions_by(request.user), DECIDED_PAGE_SIZE).get_page(request.GET.get("decided_page"))
-    stages = inbox_stages(waiting_page.object_list, now=now)
     return render(
         request,
         "onboarding/approvals/inbox.html",
         {
-            "items": inbox_items(request.user, stages, now=now, people=people),
+            "rows": inbox_rows(waiting_page.object_list, people=people, now=now),
             "waiting_page": waiting_page,
             "decided_page": decided_page,
             "now": now,

@@ -6,6 +6,11 @@ from django.db import models
 from .roles import PERMISSIONS, ROLE_GROUP_NAMES, Role
 
 
+def display_name_of(first_name: str, last_name: str, username: str) -> str:
+    """How a person is named on pages: their full name, or their username when they have none."""
+    return f"{first_name} {last_name}".strip() or username
+
+
 class User(AbstractUser):
     """A member of staff. Local password or, later, Entra ID sign-in."""
 
@@ -25,7 +30,7 @@ class User(AbstractUser):
 
     @property
     def display_name(self) -> str:
-        return self.get_full_name() or self.username
+        return display_name_of(self.first_name, self.last_name, self.username)
 
     def roles(self) -> list[Role]:
         """Roles held, in the order of :class:`Role`. Uses the prefetched groups when present."""

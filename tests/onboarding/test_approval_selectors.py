@@ -9,9 +9,11 @@ from django.utils import timezone
 
 from onboarding.models import DecisionOutcome, RequestStage, StageStatus
 from onboarding.selectors.approvals import (
+    acting_for,
     approval_inbox,
     decision_eligibility,
     inbox_keys,
+    inbox_rows,
     stage_approvers,
     stage_decision_recipients,
     stages_awaiting,
@@ -205,6 +207,22 @@ def test_the_inbox_and_the_single_stage_check_always_agree(cast):
         inbox = {stage.pk: stage.on_behalf_of_id for stage in stages_awaiting(person)}
         # The approvals page pages through inbox_keys: the same stages, in the same order.
         assert inbox_keys(person) == [(stage.pk, stage.on_behalf_of_id) for stage in stages_awaiting(person)]
+        # ... and draws its lines from plain values: the same as the inbox's model objects say.
+        lines = inbox_rows(inbox_keys(person), people=acting_for(person))
+        assert [
+            (line.stage_id, line.reference, line.address, line.team_name, line.requester_name, line.on_behalf_of_name)
+            for line in lines
+        ] == [
+            (
+                item.stage.pk,
+                item.request.reference,
+                item.request.address,
+                item.request.team.name if item.request.team else "",
+                item.request.requester.display_name,
+                item.on_behalf_of.display_name if item.on_behalf_of else "",
+            )
+            for item in approval_inbox(person)
+        ], person.username
         for stage in stages:
             eligibility = decision_eligibility(person, stage)
             assert (stage.pk in inbox) == eligibility.allowed, (person.username, stage, eligibility.reason)
