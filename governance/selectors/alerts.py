@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from django.db.models import Count, Q, QuerySet
 
 from governance.models import OPEN_STATUSES, AlertStatus, HealthSync, HealthSyncStatus, MailboxAlert, ManagedMailbox
-from portal.accounts.models import Team, User
+from portal.accounts.models import Team, User, display_name_of
 from portal.accounts.roles import perm
 
 STATUS_FILTERS = {
@@ -52,19 +54,23 @@ class QueueSummary:
 def alert_queue(
     user: User, *, status: str = "open", level: int | None = None, mine: bool = False
 ) -> QuerySet[MailboxAlert]:
-    """Urgent first, then errors before warnings, each grouped by mailbox (profiles last), newest first."""
+    """Urgent first, then errors before warnings, each grouped by mailbox (profiles last), newest first.
+
+    As plain values (``QUEUE_FIELDS``); ``queue_rows`` turns a page of them into what the list shows.
+    """
     alerts = visible_alerts(user).filter(STATUS_FILTERS.get(status, STATUS_FILTERS["open"])[1])
     if level:
         alerts = alerts.filter(level=level)
     if mine:
         alerts = alerts.filter(assigned_to=user)
-    return alerts.only(*QUEUE_FIELDS).order_by(
+    return alerts.order_by(
         "-urgent", "-level", "mailbox__name", "mailbox_id", "profile_name", "-last_seen_at", "id"
-    )
+    ).values(*QUEUE_FIELDS)
 
 
 # What the queue shows of each alert, its mailbox and whoever it is assigned to.
 QUEUE_FIELDS = (
+    "id",
     "level",
     "profile_name",
     "urgent",
@@ -76,12 +82,31 @@ QUEUE_FIELDS = (
     "occurrences",
     "status",
     "reopened_count",
+    "mailbox_id",
     "mailbox__name",
     "mailbox__email_address",
-    "assigned_to__username",
+    "assigned_to_id",
     "assigned_to__first_name",
     "assigned_to__last_name",
+    "assigned_to__username",
 )
+
+
+def queue_rows(values: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A page of ``alert_queue`` as the list draws it: its values, the status's label and the assignee's name."""
+    rows = []
+    for alert in values:
+        row = dict(alert)
+        row["status_label"] = AlertStatus(alert["status"]).label
+        row["assignee"] = (
+            display_name_of(
+                alert["assigned_to__first_name"], alert["assigned_to__last_name"], alert["assigned_to__username"]
+            )
+            if alert["assigned_to_id"]
+            else ""
+        )
+        rows.append(row)
+    return rows
 
 
 def queue_summary(user: User) -> QueueSummary:

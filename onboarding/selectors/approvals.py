@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from django.contrib.auth.models import Permission
 from django.db.models import (
@@ -55,6 +56,7 @@ from onboarding.models import (
 from portal import compiled_sql
 from portal.accounts.models import Team, User, display_name_of
 from portal.accounts.roles import ROLE_GROUP_NAMES, Role, perm
+from portal.dates import since, until
 
 DECIDE_PERMISSION = "decide_approvals"
 
@@ -392,6 +394,7 @@ class InboxRow:
     due_at: dt.datetime | None
     escalated: bool
     is_overdue: bool
+    due_in: str  # how long until the decision is due or, when overdue, how long ago it was due
     on_behalf_of_name: str  # the delegator's name when deciding for them, else ""
 
 
@@ -449,6 +452,7 @@ def inbox_rows(
                 due_at=due_at,
                 escalated=escalated_at is not None,
                 is_overdue=bool(due_at and due_at < now),
+                due_in=since(due_at, now) if due_at and due_at < now else until(due_at, now),
                 on_behalf_of_name=names.get(on_behalf_of_id, "") if on_behalf_of_id else "",
             )
         )
@@ -485,24 +489,43 @@ def stage_closed_message(stage: RequestStage, *, now: dt.datetime | None = None)
 
 
 def decisions_by(user: User) -> QuerySet[Decision]:
-    """Decisions ``user`` made (for themselves or for someone else), newest first."""
+    """Decisions ``user`` made (for themselves or for someone else), newest first, as the values
+    ``decided_rows`` turns into lines of the approvals page."""
     return (
         Decision.objects.filter(decided_by=user)
-        .select_related("request", "stage", "on_behalf_of")
-        .only(
+        .order_by("-decided_at", "-pk")
+        .values(
+            "id",
             "outcome",
             "reason",
             "decided_at",
-            "decided_by_id",
             "request__reference",
             "request__display_name",
             "stage__name",
-            "on_behalf_of__username",
+            "on_behalf_of_id",
             "on_behalf_of__first_name",
             "on_behalf_of__last_name",
+            "on_behalf_of__username",
         )
-        .order_by("-decided_at", "-pk")
     )
+
+
+def decided_rows(values: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A page of ``decisions_by`` with the name of whoever a decision was made for."""
+    rows = []
+    for decision in values:
+        row = dict(decision)
+        row["on_behalf_of_name"] = (
+            display_name_of(
+                decision["on_behalf_of__first_name"],
+                decision["on_behalf_of__last_name"],
+                decision["on_behalf_of__username"],
+            )
+            if decision["on_behalf_of_id"]
+            else ""
+        )
+        rows.append(row)
+    return rows
 
 
 def request_route(request: MailboxRequest) -> list[RequestStage]:

@@ -14,6 +14,7 @@ from onboarding.models import ApprovalStage, DecisionOutcome, Delegation, Reques
 from onboarding.selectors.approvals import (
     acting_for,
     approval_stages_configured,
+    decided_rows,
     decision_eligibility,
     decisions_by,
     inbox_keys,
@@ -48,6 +49,7 @@ def approvals_dashboard(request: HttpRequest) -> HttpResponse:
             "rows": inbox_rows(waiting_page.object_list, people=people, now=now),
             "waiting_page": waiting_page,
             "decided_page": decided_page,
+            "decided": decided_rows(decided_page.object_list),
             "now": now,
             "cover": Delegation.objects.filter(
                 delegator=request.user, cancelled_at__isnull=True, ends_on__gte=timezone.localdate(now)

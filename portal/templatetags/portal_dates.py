@@ -4,8 +4,8 @@ and ``|timeuntil`` for list pages, without their per-call cost.
 Django's filters look formats, month names and unit names up through the translation machinery
 on every call; a list of fifty rows with two dates each spends more on that than on its query.
 The portal speaks British English only, so these write the same text directly: ``when`` for the
-format characters below (any other format goes to Django's filter), and ``since``/``until`` by
-Django's own algorithm with the English unit names.
+format characters below (any other format goes to Django's filter), ``since`` and ``until`` as
+``portal.dates`` words them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from django import template
 from django.template.defaultfilters import date as django_date
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
-from django.utils.timesince import timesince
+
+from portal.dates import since, until
 
 register = template.Library()
 
@@ -78,37 +79,13 @@ def time_element(value: dt.datetime | dt.date | None, format_string: str) -> Saf
     return mark_safe(f'<time datetime="{value.isoformat()}">{escape(when(value, format_string))}</time>')  # noqa: S308 - both parts escaped or generated
 
 
-class _EnglishUnit:
-    """``"%(num)d years"``-style formatting with English plurals, as Django's translated unit names give."""
-
-    def __init__(self, unit: str) -> None:
-        self.unit = unit
-
-    def __mod__(self, values: dict[str, int]) -> str:
-        number = values["num"]
-        return f"{number} {self.unit}" if number == 1 else f"{number} {self.unit}s"
-
-
-_UNITS = {name: _EnglishUnit(name) for name in ("year", "month", "week", "day", "hour", "minute")}
-
-
-@register.filter
-def since(value: dt.datetime | None, now: dt.datetime | None = None) -> str:
+@register.filter(name="since")
+def since_filter(value: dt.datetime | None, now: dt.datetime | None = None) -> str:
     """The same text as ``value|timesince:now`` ("4 days, 6 hours")."""
-    if not value:
-        return ""
-    try:
-        return timesince(value, now or None, time_strings=_UNITS)
-    except (ValueError, TypeError):
-        return ""
+    return since(value, now)
 
 
-@register.filter
-def until(value: dt.datetime | None, now: dt.datetime | None = None) -> str:
+@register.filter(name="until")
+def until_filter(value: dt.datetime | None, now: dt.datetime | None = None) -> str:
     """The same text as ``value|timeuntil:now`` ("4 days, 6 hours")."""
-    if not value:
-        return ""
-    try:
-        return timesince(value, now or None, reversed=True, time_strings=_UNITS)
-    except (ValueError, TypeError):
-        return ""
+    return until(value, now)
