@@ -41,9 +41,8 @@ def mailbox_list(request: HttpRequest) -> HttpResponse:
     search = (request.GET.get("q") or "").strip()[:200]
     if search:
         mailboxes = mailboxes.filter(Q(name__icontains=search) | Q(email_address__icontains=search))
-    page = Paginator(_with_open_alerts(mailboxes).order_by("-disabled_by_platform", "name", "id"), PAGE_SIZE).get_page(
-        request.GET.get("page")
-    )
+    listed = _with_open_alerts(mailboxes).order_by("-disabled_by_platform", "name", "id").values(*_LIST_FIELDS)
+    page = Paginator(listed, PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
     return render(
@@ -51,13 +50,29 @@ def mailbox_list(request: HttpRequest) -> HttpResponse:
         "governance/mailboxes/list.html",
         {
             "page": page,
+            # Plain values: the rows and the team links are kept as fragments (see portal_fragments).
+            "rows": [{**row, "kind_label": _KIND_LABELS.get(row["kind"], row["kind"])} for row in page.object_list],
             "kinds": ManagedKind.choices,
             "kind": kind,
             "search": search,
             "query": query.urlencode(),
-            "teams": visible_teams(request.user).order_by("name"),
+            "teams": list(visible_teams(request.user).order_by("name").values("id", "name")),
         },
     )
+
+
+# What the list shows of each mailbox.
+_LIST_FIELDS = (
+    "id",
+    "name",
+    "email_address",
+    "disabled_by_platform",
+    "kind",
+    "team__name",
+    "open_alerts",
+    "open_errors",
+)
+_KIND_LABELS = {value: str(label) for value, label in ManagedKind.choices}
 
 
 @require_GET

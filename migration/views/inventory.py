@@ -79,21 +79,37 @@ def readiness_tag(value: str) -> Tag:
 
 @dataclass(frozen=True)
 class ListRow:
-    """One table row, worked out here so the template does no lookups that can fail or cost."""
+    """One table row as plain values, worked out here so the template does no lookups that can fail
+    or cost, and so the rows can be kept as a fragment under a digest of exactly what they show."""
 
-    mailbox: InventoryMailbox
+    mailbox_id: int
+    name: str
+    owner: str  # the owner's kind, and their name when it is not the mailbox's own
+    email_address: str
+    team_name: str
+    business_unit_name: str
     classification: Tag
     readiness: Tag
     excluded: bool
+    removed: bool
 
 
 def _list_row(mailbox: InventoryMailbox) -> ListRow:
     annotation = getattr(mailbox, "annotation", None)
+    owner = str(mailbox.get_owner_type_display())
+    if mailbox.owner_name and mailbox.owner_name != mailbox.name:
+        owner = f"{owner}: {mailbox.owner_name}"
     return ListRow(
-        mailbox=mailbox,
+        mailbox_id=mailbox.pk,
+        name=mailbox.name,
+        owner=owner,
+        email_address=mailbox.email_address,
+        team_name=mailbox.team_name,
+        business_unit_name=mailbox.business_unit_name,
         classification=classification_tag(mailbox.classification),
         readiness=readiness_tag(mailbox.readiness),
         excluded=bool(annotation and annotation.excluded),
+        removed=mailbox.removed_at is not None,
     )
 
 

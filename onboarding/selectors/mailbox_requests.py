@@ -6,7 +6,9 @@ Visibility: their own, their team's, what they may decide or decided, or all for
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from django.db.models import Q, QuerySet
 from django.utils import timezone
@@ -18,9 +20,10 @@ from onboarding.models import (
     ProvisioningStep,
     RequestStatus,
     StageStatus,
+    mailbox_address,
 )
 from onboarding.services.provisioning import step_title
-from portal.accounts.models import Team, User
+from portal.accounts.models import Team, User, display_name_of
 from portal.accounts.roles import perm
 from portal.audit.models import AuditEvent
 from portal.policy.services import policy_get
@@ -73,6 +76,48 @@ def requests_on_dashboard(user: User) -> QuerySet[MailboxRequest]:
     return (
         requests_visible_to(user).filter(own_or_team).select_related("requester", "team").order_by("-created_at", "-id")
     )
+
+
+# What the dashboard shows of each request (``dashboard_rows``).
+DASHBOARD_FIELDS = (
+    "id",
+    "reference",
+    "display_name",
+    "local_part",
+    "domain",
+    "team__name",
+    "requester_id",
+    "requester__first_name",
+    "requester__last_name",
+    "requester__username",
+    "updated_at",
+    "status",
+)
+_STATUS_LABELS = {value: str(label) for value, label in RequestStatus.choices}
+
+
+def dashboard_rows(user: User, values: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A page of ``requests_on_dashboard(...).values(*DASHBOARD_FIELDS)`` as the dashboard draws it:
+    plain values, whether the request is the person's own, and the names and labels it shows."""
+    rows = []
+    for request in values:
+        rows.append(
+            {
+                "id": request["id"],
+                "reference": request["reference"],
+                "display_name": request["display_name"],
+                "address": mailbox_address(request["local_part"], request["domain"]),
+                "team_name": request["team__name"] or "",
+                "mine": request["requester_id"] == user.pk,
+                "requester_name": display_name_of(
+                    request["requester__first_name"], request["requester__last_name"], request["requester__username"]
+                ),
+                "updated_at": request["updated_at"],
+                "status": request["status"],
+                "status_label": _STATUS_LABELS.get(request["status"], request["status"]),
+            }
+        )
+    return rows
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ from django.views.decorators.http import require_GET, require_http_methods
 from onboarding.forms import mailbox_requests as forms
 from onboarding.models import EDITABLE, WITHDRAWABLE, MailboxRequest, RequestMember, RequestStatus
 from onboarding.selectors.mailbox_requests import (
+    DASHBOARD_FIELDS,
+    dashboard_rows,
     latest_return_reason,
     request_timeline,
     requests_on_dashboard,
@@ -258,8 +260,11 @@ def _answer_rows(mailbox_request: MailboxRequest, members: list[RequestMember]) 
 @require_GET
 @require_permission("submit_mailbox_requests")
 def requests_dashboard(request):
-    page = Paginator(requests_on_dashboard(request.user), PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(request, "onboarding/requests/dashboard.html", {"page": page})
+    page = Paginator(requests_on_dashboard(request.user).values(*DASHBOARD_FIELDS), PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
+    rows = dashboard_rows(request.user, page.object_list)
+    return render(request, "onboarding/requests/dashboard.html", {"page": page, "rows": rows})
 
 
 @require_http_methods(["GET", "POST"])

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from django.contrib import messages
 from django.http import StreamingHttpResponse
@@ -15,6 +16,7 @@ from portal.fragments import FORM_FRAGMENT_SECONDS, form_fragment_key
 
 from . import selectors, services
 from .forms import AuditFilterForm
+from .models import AuditEvent
 
 EXPORT_HEADER = (
     "seq",
@@ -68,12 +70,31 @@ def events(request):
             "form_fragment_key": form_fragment_key(form),
             "form_fragment_seconds": FORM_FRAGMENT_SECONDS,
             "page": page,
+            "rows": [_event_row(event) for event in page.events],
             "filter_query": query.urlencode(),
             "filters_applied": bool(filters.as_dict()),
             "can_export": can_export,
             "verifications": selectors.audit_verifications_recent() if can_export else [],
         },
     )
+
+
+def _event_row(event: AuditEvent) -> dict[str, Any]:
+    """What the trail shows of an event, as plain values: pages of events are kept as fragments."""
+    return {
+        "seq": event.seq,
+        "created_at": event.created_at,
+        "actor_name": event.actor_name,
+        "action": event.action,
+        "object_type": event.object_type,
+        "object_id": event.object_id,
+        "outcome": event.outcome,
+        "outcome_label": str(event.get_outcome_display()),
+        "reason": event.reason,
+        "before_json": event.before_json,
+        "after_json": event.after_json,
+        "correlation_id": str(event.correlation_id),
+    }
 
 
 @require_GET

@@ -99,6 +99,9 @@ RQ = {"WORKER_CLASS": "portal.worker.PortalWorker"}
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 # How long a dashboard may show figures computed earlier; the page says when they were worked out.
 DASHBOARD_FIGURES_SECONDS = env.int("DASHBOARD_FIGURES_SECONDS", default=30, minimum=0, maximum=600)
+# How long list rows drawn once are kept for the next person who asks for the same rows (see
+# portal/templatetags/portal_fragments.py); 0 draws them on every request.
+PAGE_FRAGMENT_SECONDS = env.int("PAGE_FRAGMENT_SECONDS", default=300, minimum=0, maximum=3600)
 
 AUTH_USER_MODEL = "accounts.User"
 LOGIN_URL = "accounts:sign_in"

@@ -4,9 +4,10 @@ is drawn from.
 A list page spends most of its time in the template engine drawing fifty rows that look exactly as
 they did the last time anyone asked. The enclosed markup is kept in the shared cache under a key
 made from everything it depends on: the fragment's name, the source of the template it is written
-in, the values given to the tag (lists, dicts, dataclasses, text, numbers, dates), the script
-prefix, time zone and language. Rows that change give a different key, so a cached fragment is
-never out of date; the timeout only bounds how long unused fragments are kept.
+in and of the templates it includes, the values given to the tag (lists, dicts, dataclasses, text,
+numbers, dates), the script prefix, time zone and language. Rows that change give a different key,
+so a cached fragment is never out of date; ``PAGE_FRAGMENT_SECONDS`` only bounds how long unused
+fragments are kept (0 turns the cache off).
 
 The enclosed markup may use only the values given to the tag (and constants): anything else would
 not be part of the key. Values that are not plain data (model objects, querysets) are refused with
@@ -26,7 +27,9 @@ import logging
 import uuid
 
 from django import template
+from django.conf import settings
 from django.core.cache import cache
+from django.template.loader_tags import IncludeNode
 from django.urls import get_script_prefix
 from django.utils import timezone, translation
 from django.utils.functional import Promise
@@ -37,7 +40,6 @@ register = template.Library()
 
 # Bumped when the way keys are made changes.
 _VERSION = 1
-FRAGMENT_SECONDS = 600
 
 
 def _plain(value: object) -> object:
@@ -71,7 +73,9 @@ class FragmentNode(template.Node):
         self.source_digest = source_digest
 
     def render(self, context: template.Context) -> str:
-        if self.source_digest is None:  # a template made from a string: nothing to tell versions apart
+        seconds = settings.PAGE_FRAGMENT_SECONDS
+        # A template made from a string has no source to tell its versions apart: never kept.
+        if self.source_digest is None or seconds <= 0:
             return self.nodelist.render(context)
         key = fragment_key(
             str(self.name.resolve(context)), self.source_digest, [value.resolve(context) for value in self.values]
@@ -88,7 +92,7 @@ class FragmentNode(template.Node):
             logger.error("Fragment %s carries a CSRF token and is not cached", self.name.token)
             return html
         try:
-            cache.set(key, str(html), FRAGMENT_SECONDS)
+            cache.set(key, str(html), seconds)
         except RedisError:
             logger.warning("Template fragment cache unavailable; fragment not kept", exc_info=True)
         return html
@@ -105,14 +109,33 @@ def do_fragment(parser: template.base.Parser, token: template.base.Token) -> Fra
         nodelist,
         parser.compile_filter(bits[1]),
         [parser.compile_filter(bit) for bit in bits[2:]],
-        _source_digest(parser),
+        _source_digest(parser, nodelist),
     )
 
 
-def _source_digest(parser: template.base.Parser) -> str | None:
-    """A digest of the whole template file the tag is written in, so changed markup never meets old
-    cache; ``None`` for a template made from a string, which is then never cached."""
+def _source_digest(parser: template.base.Parser, nodelist: template.NodeList) -> str | None:
+    """A digest of the template file the tag is written in and of every template the fragment
+    includes, so changed markup never meets old cache; ``None`` for a template made from a string,
+    which is then never cached."""
     origin = getattr(parser, "origin", None)
     if origin is None or origin.loader is None:
         return None
-    return hashlib.sha256(origin.loader.get_contents(origin).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(origin.loader.get_contents(origin).encode())
+    _add_included(digest, origin.loader.engine, nodelist, seen=set())
+    return digest.hexdigest()[:16]
+
+
+def _add_included(digest, engine: template.Engine, nodelist: template.NodeList, *, seen: set[str]) -> None:
+    for node in nodelist.get_nodes_by_type(IncludeNode):
+        name = node.template.var
+        if not isinstance(name, str):
+            raise template.TemplateSyntaxError(
+                "{% fragment %} can include templates named in the template only: a fragment's key must "
+                "cover the markup it includes."
+            )
+        if name in seen:
+            continue
+        seen.add(name)
+        included, origin = engine.find_template(name)
+        digest.update(origin.loader.get_contents(origin).encode())
+        _add_included(digest, engine, included.nodelist, seen=seen)

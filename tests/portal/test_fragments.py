@@ -156,3 +156,29 @@ def test_the_alert_queue_shows_a_change_on_the_next_request(platform_admin, clie
 def _without_tokens(html: str) -> str:
     """The page without its CSRF tokens, which differ on every response (they are masked)."""
     return re.sub(r'name="csrfmiddlewaretoken" value="[^"]+"', "", html)
+
+
+def test_a_setting_of_zero_draws_every_fragment_every_time(tmp_path, own_keys, settings):
+    settings.PAGE_FRAGMENT_SECONDS = 0
+    template = _engine(tmp_path, ROWS).get_template("rows.html")
+    assert template.render(Context({"rows": [{"name": "A"}], "outside": "1"})) == "[A]1"
+    assert template.render(Context({"rows": [{"name": "A"}], "outside": "2"})) == "[A]2"
+
+
+def test_a_fragment_that_includes_a_template_is_drawn_again_when_that_template_changes(tmp_path, own_keys):
+    source = (
+        '{% load portal_fragments %}{% fragment "rows" rows %}{% include "cell.html" %}{{ outside }}{% endfragment %}'
+    )
+    (tmp_path / "cell.html").write_text("[old cell]")
+    old = _engine(tmp_path, source).get_template("rows.html")
+    assert old.render(Context({"rows": [1], "outside": "!"})) == "[old cell]!"
+
+    (tmp_path / "cell.html").write_text("[new cell]")
+    new = _engine(tmp_path, source).get_template("rows.html")
+    assert new.render(Context({"rows": [1], "outside": "?"})) == "[new cell]?"
+
+
+def test_a_fragment_may_not_include_a_template_named_at_run_time(tmp_path):
+    source = '{% load portal_fragments %}{% fragment "rows" rows %}{% include which %}{% endfragment %}'
+    with pytest.raises(TemplateSyntaxError, match="named in the template"):
+        _engine(tmp_path, source).get_template("rows.html")
