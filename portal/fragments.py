@@ -2,9 +2,9 @@
 
 A filter form on a list page renders the same HTML for the same submitted values and choice
 lists, whoever asks (a GET form carries no CSRF token): rendering it through the GOV.UK template
-pack costs more than the rest of the page, so the page caches it under a key made from exactly
-those inputs (``{% cache … key %}``). Different inputs give a different key, so the cached HTML is
-never out of date; the timeout only bounds how long unused variants are kept.
+pack costs more than the rest of the page, so the page keeps it under a key made from exactly
+those inputs (``{% fragment "…" key %}``, see ``portal_fragments``). Different inputs give a
+different key, so the cached HTML is never out of date.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from django import forms
 
 # Bumped when a form's template changes, so a deploy does not serve the old markup.
 FORM_FRAGMENT_VERSION = 1
-FORM_FRAGMENT_SECONDS = 300
 
 
 def form_fragment_key(form: forms.Form) -> str:

@@ -27,7 +27,7 @@ from portal.accounts.models import User
 from portal.audit.models import AuditEvent
 from portal.decorators import require_permission
 from portal.exceptions import PortalError
-from portal.fragments import FORM_FRAGMENT_SECONDS, form_fragment_key
+from portal.fragments import form_fragment_key
 
 PAGE_SIZE = 50
 
@@ -52,7 +52,6 @@ def alert_list(request: HttpRequest) -> HttpResponse:
         {
             "form": form,
             "form_fragment_key": form_fragment_key(form),
-            "form_fragment_seconds": FORM_FRAGMENT_SECONDS,
             "page": page,
             "rows": queue_rows(page.object_list),
             "summary": queue_summary(request.user),

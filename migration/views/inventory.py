@@ -24,7 +24,7 @@ from migration.selectors.timeline import mailbox_timeline
 from portal.accounts.roles import perm
 from portal.audit.services import audit_record
 from portal.csv_safe import csv_rows
-from portal.fragments import FORM_FRAGMENT_SECONDS, form_fragment_key
+from portal.fragments import form_fragment_key
 
 # Migration leads work the inventory; platform admins read it to plan their part.
 INVENTORY_PERMISSIONS = ("lead_migration", "administer_platform")
@@ -174,7 +174,6 @@ def inventory_list(request: HttpRequest) -> HttpResponse:
             "sort_headers": _sort_headers(request.path, query, sort),
             "paged": bool(request.GET.get("after") or request.GET.get("before")),
             "form_fragment_key": form_fragment_key(form),
-            "form_fragment_seconds": FORM_FRAGMENT_SECONDS,
         },
     )
 

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from portal.csv_safe import csv_rows
 from portal.decorators import require_permission
-from portal.fragments import FORM_FRAGMENT_SECONDS, form_fragment_key
+from portal.fragments import form_fragment_key
 
 from . import selectors, services
 from .forms import AuditFilterForm
@@ -68,7 +68,6 @@ def events(request):
         {
             "form": form,
             "form_fragment_key": form_fragment_key(form),
-            "form_fragment_seconds": FORM_FRAGMENT_SECONDS,
             "page": page,
             "rows": [_event_row(event) for event in page.events],
             "filter_query": query.urlencode(),

@@ -182,3 +182,34 @@ def test_a_fragment_may_not_include_a_template_named_at_run_time(tmp_path):
     source = '{% load portal_fragments %}{% fragment "rows" rows %}{% include which %}{% endfragment %}'
     with pytest.raises(TemplateSyntaxError, match="named in the template"):
         _engine(tmp_path, source).get_template("rows.html")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("who", "url", "shows"),
+    [
+        ("platform_admin", "migration:inventory", "Mailbox inventory"),
+        ("platform_admin", "migration:dashboard", "Mailboxes by classification"),
+        ("platform_admin", "governance:alerts", "Alerts to review"),
+        ("platform_admin", "governance:mailboxes", "Mailboxes and volume"),
+        ("platform_admin", "onboarding:approvals", "Approvals"),
+        ("requester", "onboarding:requests", "Requests"),
+        ("auditor", "audit:events", "Audit trail"),
+    ],
+)
+def test_list_pages_still_answer_while_the_cache_is_unreachable(who, url, shows, request, client_for, settings):
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:9/0"}
+    }
+    settings.DASHBOARD_FIGURES_SECONDS = 30
+    ManagedMailbox.objects.create(
+        dataverse_id=uuid.uuid4(),
+        name="Benefits enquiries",
+        email_address="benefits@example.gov.uk",
+        kind="shared",
+        source="onboarding",
+        added_at=timezone.now(),
+    )
+    response = client_for(request.getfixturevalue(who)).get(reverse(url))
+    assert response.status_code == 200
+    assert shows in response.content.decode()
