@@ -1,7 +1,7 @@
 """Benchmark the main list and dashboard pages at 100,000 inventory mailboxes under concurrent load.
 
     .venv/bin/python bench/pages.py [--mailboxes 100000] [--mailbox-requests 3000]
-        [--clients 20] [--requests 400] [--warmup 40] [--workers 5]
+        [--clients 20] [--requests 400] [--warmup 40] [--workers 5] [--draw-every-time]
 
 Creates a throwaway PostgreSQL database on the server named by ``DATABASE_URL``
 (default ``postgres://postgres@127.0.0.1:5432/postgres``), migrates it and loads
@@ -15,6 +15,8 @@ settings and, from a second process on loopback, drives each page with
 ``--clients`` closed-loop clients (each sends its next request as soon as the
 last one answered, no think time): first ``--warmup`` unmeasured requests, then
 ``--requests`` measured ones. Each page is requested as the persona who uses it.
+The warm-up leaves each page's rows kept as fragments (``PAGE_FRAGMENT_SECONDS``), as a page
+people keep opening has them; ``--draw-every-time`` measures every request drawing them in full.
 
 It prints one line per page and, as its last line, one JSON object::
 
@@ -456,6 +458,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=40, help="unmeasured requests per page first")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="gunicorn sync worker processes")
     parser.add_argument("--only", help="comma-separated page names to measure (default: all)")
+    parser.add_argument(
+        "--draw-every-time",
+        action="store_true",
+        help="serve with PAGE_FRAGMENT_SECONDS=0: every request draws its rows in full, as the first one does",
+    )
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -502,6 +509,8 @@ def main() -> int:
                 parser.error(f"unknown pages: {', '.join(sorted(unknown))}; choose from {', '.join(pages)}")
             pages = {name: page for name, page in pages.items() if name in chosen}
 
+        if args.draw_every_time:
+            portal.env["PAGE_FRAGMENT_SECONDS"] = "0"
         with served_by_gunicorn(portal, workers=args.workers) as port:
             results = run_client_process(
                 __file__,
@@ -519,7 +528,9 @@ def main() -> int:
     print(
         f"{args.mailboxes:,} mailboxes, {args.mailbox_requests:,} mailbox requests; gunicorn with {args.workers} "
         f"sync workers; {args.clients} closed-loop clients, {args.requests} measured requests per page after "
-        f"{args.warmup} unmeasured; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end"
+        f"{args.warmup} unmeasured; "
+        f"{'rows drawn on every request' if args.draw_every_time else 'drawn rows kept for the next request'}; "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end"
     )
     for page, figures in results.items():
         print(
