@@ -9,7 +9,7 @@ from typing import Any
 from django.db.models import Count, Q, QuerySet
 
 from governance.models import OPEN_STATUSES, AlertStatus, HealthSync, HealthSyncStatus, MailboxAlert, ManagedMailbox
-from portal.accounts.models import Team, User, display_name_of
+from portal.accounts.models import Team, User, display_name_in
 from portal.accounts.roles import perm
 
 STATUS_FILTERS = {
@@ -94,19 +94,10 @@ QUEUE_FIELDS = (
 
 def queue_rows(values: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """A page of ``alert_queue`` as the list draws it: its values, the status's label and the assignee's name."""
-    rows = []
-    for alert in values:
-        row = dict(alert)
-        row["status_label"] = AlertStatus(alert["status"]).label
-        row["assignee"] = (
-            display_name_of(
-                alert["assigned_to__first_name"], alert["assigned_to__last_name"], alert["assigned_to__username"]
-            )
-            if alert["assigned_to_id"]
-            else ""
-        )
-        rows.append(row)
-    return rows
+    return [
+        {**alert, "status_label": AlertStatus(alert["status"]).label, "assignee": display_name_in(alert, "assigned_to")}
+        for alert in values
+    ]
 
 
 def queue_summary(user: User) -> QueueSummary:

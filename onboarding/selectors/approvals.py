@@ -54,7 +54,7 @@ from onboarding.models import (
     mailbox_address,
 )
 from portal import compiled_sql
-from portal.accounts.models import Team, User, display_name_of
+from portal.accounts.models import Team, User, display_name_in, display_name_of
 from portal.accounts.roles import ROLE_GROUP_NAMES, Role, perm
 from portal.dates import since, until
 
@@ -512,20 +512,7 @@ def decisions_by(user: User) -> QuerySet[Decision]:
 
 def decided_rows(values: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """A page of ``decisions_by`` with the name of whoever a decision was made for."""
-    rows = []
-    for decision in values:
-        row = dict(decision)
-        row["on_behalf_of_name"] = (
-            display_name_of(
-                decision["on_behalf_of__first_name"],
-                decision["on_behalf_of__last_name"],
-                decision["on_behalf_of__username"],
-            )
-            if decision["on_behalf_of_id"]
-            else ""
-        )
-        rows.append(row)
-    return rows
+    return [{**decision, "on_behalf_of_name": display_name_in(decision, "on_behalf_of")} for decision in values]
 
 
 def request_route(request: MailboxRequest) -> list[RequestStage]:

@@ -23,7 +23,7 @@ from onboarding.models import (
     mailbox_address,
 )
 from onboarding.services.provisioning import step_title
-from portal.accounts.models import Team, User, display_name_of
+from portal.accounts.models import Team, User, display_name_in
 from portal.accounts.roles import perm
 from portal.audit.models import AuditEvent
 from portal.policy.services import policy_get
@@ -109,9 +109,7 @@ def dashboard_rows(user: User, values: Iterable[dict[str, Any]]) -> list[dict[st
                 "address": mailbox_address(request["local_part"], request["domain"]),
                 "team_name": request["team__name"] or "",
                 "mine": request["requester_id"] == user.pk,
-                "requester_name": display_name_of(
-                    request["requester__first_name"], request["requester__last_name"], request["requester__username"]
-                ),
+                "requester_name": display_name_in(request, "requester"),
                 "updated_at": request["updated_at"],
                 "status": request["status"],
                 "status_label": _STATUS_LABELS.get(request["status"], request["status"]),

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from django.contrib.auth.models import AbstractUser
 from django.db import models
 
@@ -9,6 +12,16 @@ from .roles import PERMISSIONS, ROLE_GROUP_NAMES, Role
 def display_name_of(first_name: str, last_name: str, username: str) -> str:
     """How a person is named on pages: their full name, or their username when they have none."""
     return f"{first_name} {last_name}".strip() or username
+
+
+def display_name_in(values: Mapping[str, Any], person: str) -> str:
+    """``display_name_of`` the person a ``.values()`` row names through the foreign key ``person``
+    (``<person>_id``, ``<person>__first_name`` …); "" when it names nobody."""
+    if not values[f"{person}_id"]:
+        return ""
+    return display_name_of(
+        values[f"{person}__first_name"], values[f"{person}__last_name"], values[f"{person}__username"]
+    )
 
 
 class User(AbstractUser):

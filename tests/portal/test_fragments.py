@@ -103,6 +103,17 @@ def test_a_template_made_from_a_string_is_drawn_every_time(own_keys):
 # --- on a real page ------------------------------------------------------------------------------
 
 
+def _benefits_mailbox() -> ManagedMailbox:
+    return ManagedMailbox.objects.create(
+        dataverse_id=uuid.uuid4(),
+        name="Benefits enquiries",
+        email_address="benefits@example.gov.uk",
+        kind="shared",
+        source="onboarding",
+        added_at=timezone.now(),
+    )
+
+
 def _alert(mailbox: ManagedMailbox, code: str) -> MailboxAlert:
     now = timezone.now()
     return MailboxAlert.objects.create(
@@ -121,14 +132,7 @@ def _alert(mailbox: ManagedMailbox, code: str) -> MailboxAlert:
 
 @pytest.mark.django_db
 def test_the_alert_queue_shows_a_change_on_the_next_request(platform_admin, client_for, own_keys):
-    mailbox = ManagedMailbox.objects.create(
-        dataverse_id=uuid.uuid4(),
-        name="Benefits enquiries",
-        email_address="benefits@example.gov.uk",
-        kind="shared",
-        source="onboarding",
-        added_at=timezone.now(),
-    )
+    mailbox = _benefits_mailbox()
     alert = _alert(mailbox, "MailboxIncomingFailure")
     client = client_for(platform_admin)
     url = reverse("governance:alerts")
@@ -202,14 +206,7 @@ def test_list_pages_still_answer_while_the_cache_is_unreachable(who, url, shows,
         "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:9/0"}
     }
     settings.DASHBOARD_FIGURES_SECONDS = 30
-    ManagedMailbox.objects.create(
-        dataverse_id=uuid.uuid4(),
-        name="Benefits enquiries",
-        email_address="benefits@example.gov.uk",
-        kind="shared",
-        source="onboarding",
-        added_at=timezone.now(),
-    )
+    _benefits_mailbox()
     response = client_for(request.getfixturevalue(who)).get(reverse(url))
     assert response.status_code == 200
     assert shows in response.content.decode()
