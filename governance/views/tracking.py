@@ -23,6 +23,7 @@ from django.views.decorators.http import require_GET, require_POST
 from governance.forms.tracking import TrackingDecisionForm, TrackingFilterForm, TrackingRequestForm
 from governance.models import TrackingChange, TrackingChangeStatus
 from governance.selectors import tracking as selectors
+from governance.selectors.alerts import visible_mailboxes
 from governance.services import tracking as services
 from portal.exceptions import PortalError
 from portal.policy.services import policy_get
@@ -101,6 +102,9 @@ def tracking_report(request: HttpRequest) -> HttpResponse:
 @require_POST
 @tracking_access_required
 def tracking_request(request: HttpRequest, mailbox_id: int) -> HttpResponse:
+    if not visible_mailboxes(request.user).filter(pk=mailbox_id).exists():
+        # The same answer for a mailbox that is not there and one that is not theirs to see.
+        raise Http404("No such mailbox")
     form = TrackingRequestForm(request.POST)
     back = form.back_query()
     try:

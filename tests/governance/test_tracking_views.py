@@ -121,9 +121,12 @@ def test_an_owner_cannot_request_for_a_mailbox_they_do_not_own(client_for, reque
     managed(owners=[requester])
     theirs = managed(owners=[platform_admin], name="Their queue")
     response = client_for(requester).post(reverse("governance:tracking_request", args=[theirs.pk]))
-    assert response.status_code == 400
-    assert "Only a platform admin or an owner of the mailbox" in error_summary(response)
+    # Not found, as for a mailbox that is not there: the answer does not tell them it exists.
+    assert response.status_code == 404
+    assert "Their queue" not in response.content.decode()
     assert not TrackingChange.objects.exists()
+    missing = client_for(requester).post(reverse("governance:tracking_request", args=[theirs.pk + 1000]))
+    assert missing.status_code == 404
 
 
 # --- requesting ------------------------------------------------------------------------------------

@@ -213,7 +213,7 @@ MATRIX: dict[tuple[str, str], tuple[Any, ...]] = {
     ("governance:tracking_request", GET):            (405,   405, 405, 405, 405, 405, 405),
     # The service refuses a mailbox that is not the owner's (and one with a change open) with a
     # message on the report page.
-    ("governance:tracking_request", POST):           (LOGIN, 403, 400, 403, 400, 403, 403),
+    ("governance:tracking_request", POST):           (LOGIN, 403, 404, 403, 400, 403, 403),
     ("governance:tracking_changes", GET):            (LOGIN, 403, 200, 403, 200, 403, 403),
     ("governance:tracking_change", GET):             (LOGIN, 403, 404, 403, 200, 403, 403),
     ("governance:tracking_change_decide", GET):      (405,   405, 405, 405, 405, 405, 405),
