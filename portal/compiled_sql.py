@@ -1,10 +1,11 @@
 """SQL built through the ORM once per shape of query, then run as often as needed.
 
-For a few hot reads the ORM takes several times longer to build a query than PostgreSQL takes to
-answer it: an approver's inbox is a dozen nested conditions, rebuilt for every page view although
-it only ever differs in who is asking. ``compiled`` keeps the SQL a queryset compiles to under a
-key naming everything that shapes it; ``rows`` runs SQL and returns its rows. The query itself is
-never cached: every call reads the database.
+For a few hot reads the ORM takes several times longer to build a query than the database takes
+to answer it: an approver's inbox is a dozen nested conditions, rebuilt for every page view
+although it only ever differs in who is asking. ``compiled`` keeps what a queryset compiles to
+(its SQL, parameters and the converters that turn the database's values into Python's, such as
+SQLite's text dates) under a key naming everything that shapes it; ``rows`` runs it. The query
+itself is never cached: every call reads the database.
 
 Keys must name everything the SQL depends on. The store is per process and bounded.
 """
@@ -12,29 +13,48 @@ Keys must name everything the SQL depends on. The store is per process and bound
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from django.db import connections, router
-from django.db.models import Model, QuerySet
+from django.db import connections
+from django.db.models import QuerySet
+from django.db.models.sql.compiler import SQLCompiler
 
 _LIMIT = 2048
-_compiled: dict[Hashable, tuple[str, tuple[Any, ...]]] = {}
 
 
-def compiled(key: Hashable, build: Callable[[], QuerySet]) -> tuple[str, tuple[Any, ...]]:
-    """The SQL and parameters of ``build()``'s query, built the first time ``key`` is seen."""
+@dataclass(frozen=True)
+class Compiled:
+    sql: str
+    params: tuple[Any, ...]
+    compiler: SQLCompiler
+    converters: dict
+
+
+_compiled: dict[Hashable, Compiled] = {}
+
+
+def compiled(key: Hashable, build: Callable[[], QuerySet]) -> Compiled:
+    """What ``build()``'s query compiles to, worked out the first time ``key`` is seen."""
     found = _compiled.get(key)
     if found is None:
-        sql, params = build().query.sql_with_params()
-        found = (sql, tuple(params))
+        queryset = build()
+        compiler = queryset.query.get_compiler(queryset.db)
+        sql, params = compiler.as_sql()
+        converters = compiler.get_converters([column for column, _, _ in compiler.select[: compiler.col_count]])
+        found = Compiled(sql=sql, params=tuple(params), compiler=compiler, converters=converters)
         if len(_compiled) >= _LIMIT:
             _compiled.clear()
         _compiled[key] = found
     return found
 
 
-def rows(model: type[Model], sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-    """The rows ``sql`` returns, read from the database ``model`` is read from."""
-    with connections[router.db_for_read(model)].cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
+def rows(query: Compiled, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+    """The rows ``query`` returns, with its own parameters or ``params`` in their place, as the
+    ORM would give them (``values_list``)."""
+    with connections[query.compiler.using].cursor() as cursor:
+        cursor.execute(query.sql, query.params if params is None else params)
+        fetched = cursor.fetchall()
+    if query.converters:
+        return [tuple(row) for row in query.compiler.apply_converters(fetched, query.converters)]
+    return fetched

@@ -373,10 +373,8 @@ def inbox_keys(
     if not can_decide_approvals(user):
         return []
     shape = ("inbox", *((person.pk, tuple(role.value for role in person.roles())) for person in people))
-    sql, params = compiled_sql.compiled(
-        shape, lambda: _inbox_queryset(user, people).values_list("pk", "on_behalf_of_id")
-    )
-    return [(pk, on_behalf_of_id) for pk, on_behalf_of_id in compiled_sql.rows(RequestStage, sql, params)]
+    query = compiled_sql.compiled(shape, lambda: _inbox_queryset(user, people).values_list("pk", "on_behalf_of_id"))
+    return [(pk, on_behalf_of_id) for pk, on_behalf_of_id in compiled_sql.rows(query)]
 
 
 @dataclass(frozen=True)
@@ -428,10 +426,10 @@ def inbox_rows(
     ids = [pk for pk, _ in keys]
     if not ids:
         return []
-    sql, _ = compiled_sql.compiled(
+    query = compiled_sql.compiled(
         ("inbox rows", len(ids)), lambda: RequestStage.objects.filter(pk__in=ids).values_list(*_ROW_COLUMNS)
     )
-    found = {row[0]: row for row in compiled_sql.rows(RequestStage, sql, ids)}
+    found = {row[0]: row for row in compiled_sql.rows(query, ids)}
     names = {person.pk: person.display_name for person in people}
     page = []
     for pk, on_behalf_of_id in keys:
