@@ -43,12 +43,14 @@ _VERSION = 1
 
 
 def _plain(value: object) -> object:
-    if isinstance(value, dt.datetime | dt.date | dt.time):
+    """What the JSON encoder cannot write itself, as plain data; anything else is refused."""
+    kind = type(value)
+    if kind is dt.datetime or kind is dt.date or kind is dt.time:
         return value.isoformat()
-    if isinstance(value, decimal.Decimal | uuid.UUID | Promise):
-        return str(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
+    if dataclasses.is_dataclass(kind):
+        return value.__dict__ if hasattr(value, "__dict__") else dataclasses.asdict(value)
+    if isinstance(value, dt.date | dt.time | decimal.Decimal | uuid.UUID | Promise):
+        return value.isoformat() if isinstance(value, dt.date | dt.time) else str(value)
     raise TypeError(
         f"{{% fragment %}} values must be plain data (lists, dicts, dataclasses, text, numbers, dates); "
         f"got {type(value).__name__}"
