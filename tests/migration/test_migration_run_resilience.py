@@ -32,6 +32,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.django_db(transa
 
 WORKERS = 3
 KILLS = 20
+# Every 429 blocks its application user for the Retry-After second, and one request in ten is a 429:
+# spread over more application users, and with workers enough to keep them busy, the wave spends its
+# time on the faults rather than queueing behind a handful of blocked users.
+THROTTLED_APPS = 8
+THROTTLED_WORKERS = 10
 
 
 def _in_flight(wave) -> bool:
@@ -86,7 +91,7 @@ def test_workers_killed_at_random_leave_no_mailbox_half_done(redis_queue, migrat
 def test_a_wave_comes_through_throttling_errors_timeouts_and_lost_answers(
     redis_queue, migration_lead, settings, tmp_path
 ):
-    with run_simulator(tmp_path / "sim", seed="2000", apps=4) as sim:
+    with run_simulator(tmp_path / "sim", seed="2000", apps=THROTTLED_APPS) as sim:
         # Client timeouts are respected: a request the tenant holds for 2 s is abandoned after 1 s.
         timeouts = {"M365_TIMEOUT_SECONDS": "1"}
         settings.M365 = load_m365_config({**sim.portal_env(), **timeouts})
@@ -109,7 +114,7 @@ def test_a_wave_comes_through_throttling_errors_timeouts_and_lost_answers(
             },
         )
         since = sim.last_seq()
-        logs = [tmp_path / f"worker-{n}.log" for n in range(6)]
+        logs = [tmp_path / f"worker-{n}.log" for n in range(THROTTLED_WORKERS)]
         workers = [start_worker(sim, log, **timeouts) for log in logs]
         try:
             wave_dispatch(wave_id=wave.pk)

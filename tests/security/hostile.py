@@ -15,6 +15,7 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -147,8 +148,16 @@ long_text = st.builds(
 formula_text = st.builds(lambda prefix, rest: prefix + rest, st.sampled_from(list("=+-@\t\r")), st.text(max_size=20))
 
 
+@cache
 def hostile_text(*, max_size: int = 60) -> st.SearchStrategy[str]:
     """Short and very long strings, control and invisible characters, markup, formulas and number look-alikes."""
+    return _hostile_text(max_size)
+
+
+# Strategies are built once and kept: building one costs far more than drawing from it. The builders
+# make new objects each time because one_of merges branches it already holds, which would change
+# how often each kind of value is drawn.
+def _hostile_text(max_size: int) -> st.SearchStrategy[str]:
     return st.one_of(
         st.sampled_from(NASTY),
         st.sampled_from(NUMBERS),
@@ -160,15 +169,26 @@ def hostile_text(*, max_size: int = 60) -> st.SearchStrategy[str]:
     )
 
 
-def hostile_value(*, max_size: int = 60) -> st.SearchStrategy[Any]:
-    """What a form field may receive: a hostile string, a repeated field, a number, or a file where text belongs."""
+def _hostile_value(max_size: int) -> st.SearchStrategy[Any]:
     return st.one_of(
-        hostile_text(max_size=max_size),
-        st.lists(hostile_text(max_size=20), min_size=2, max_size=3),
+        _hostile_text(max_size),
+        st.lists(_hostile_text(20), min_size=2, max_size=3),
         st.integers(min_value=-(2**70), max_value=2**70).map(str),
         st.floats(allow_nan=True, allow_infinity=True).map(repr),
         st.just(SimpleUploadedFile("field.txt", b"a file where text belongs")).map(_fresh_file),
     )
+
+
+@cache
+def hostile_value(*, max_size: int = 60) -> st.SearchStrategy[Any]:
+    """What a form field may receive: a hostile string, a repeated field, a number, or a file where text belongs."""
+    return _hostile_value(max_size)
+
+
+@cache
+def _hostile_value_again() -> st.SearchStrategy[Any]:
+    # A second object for form_data, whose fields get a hostile value half of the time.
+    return _hostile_value(60)
 
 
 def _fresh_file(upload: SimpleUploadedFile) -> SimpleUploadedFile:
@@ -185,7 +205,8 @@ def form_data(fields: Mapping[str, st.SearchStrategy[Any]]) -> st.SearchStrategy
     Mixing valid answers in lets the hostile value in one field reach the code behind the form.
     """
     per_field = {
-        name: st.one_of(valid, hostile_value(), hostile_value(), st.just(_MISSING)) for name, valid in fields.items()
+        name: st.one_of(valid, hostile_value(), _hostile_value_again(), st.just(_MISSING))
+        for name, valid in fields.items()
     }
     return st.fixed_dictionaries(per_field).map(
         lambda data: {name: value for name, value in data.items() if value is not _MISSING}
