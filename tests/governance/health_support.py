@@ -63,3 +63,10 @@ def raise_alert(sim, regarding: str, *, level: int = 3, tracecode: int = 4001, t
             "text": text or f"Alert {tracecode} for {regarding}: the mailbox could not connect to Exchange Online.",
         },
     )
+
+
+def error_summary(response) -> str:
+    """The text of the page's GOV.UK error summary (fails when there is none)."""
+    html = response.content.decode()
+    start = html.index('class="govuk-error-summary"')
+    return html[start : html.index("</ul>", start)]

@@ -23,7 +23,7 @@ from portal.accounts.models import Team
 from portal.audit.models import AuditEvent
 from portal.policy.models import PolicySettings
 from portal.policy.services import policy_get
-from tests.governance.health_support import manage, raise_alert, sim_mailboxes, sync_now
+from tests.governance.health_support import error_summary, manage, raise_alert, sim_mailboxes, sync_now
 
 pytestmark = pytest.mark.django_db
 
@@ -217,6 +217,24 @@ def test_resolving_needs_a_note(fresh_sim, m365_settings, managed, redis_queue, 
     )
 
     assert page.status_code == 200
-    assert "Enter what was done to resolve the alert" in page.content.decode()
+    assert "Enter what was done to resolve the alert" in error_summary(page)
     alert.refresh_from_db()
     assert alert.status == AlertStatus.OPEN
+
+
+def test_assigning_to_someone_not_on_the_list_is_refused_with_an_error_summary(
+    fresh_sim, m365_settings, managed, redis_queue, platform_admin, client_for
+):
+    raise_alert(fresh_sim, managed["queue_b"]["mailboxid"], tracecode=4401, text="One more alert.")
+    sync_now(redis_queue)
+    alert = MailboxAlert.objects.get(code="4401")
+
+    page = client_for(platform_admin).post(
+        reverse("governance:alert", args=[alert.pk]), {"action": "assign", "assignee": " "}
+    )
+
+    assert page.status_code == 200
+    assert "Select a person from the list" in error_summary(page)
+    assert page.content.decode().count("<title>Error: ") == 1
+    alert.refresh_from_db()
+    assert alert.assigned_to is None

@@ -13,6 +13,7 @@ from governance.models import ManagedKind, ManagedMailbox, ManagedSource, Tracki
 from portal.accounts.roles import Role
 from portal.policy.models import TrackingRule
 from tests.factories import UserFactory
+from tests.governance.health_support import error_summary
 
 pytestmark = pytest.mark.django_db
 
@@ -47,12 +48,6 @@ def change_for(mailbox, requester, *, status=TrackingChangeStatus.PENDING, **fie
         updated_at=now,
         **fields,
     )
-
-
-def error_summary(response) -> str:
-    html = response.content.decode()
-    start = html.index('class="govuk-error-summary"')
-    return html[start : html.index("</ul>", start)]
 
 
 @pytest.fixture
