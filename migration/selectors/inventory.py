@@ -12,6 +12,7 @@ import base64
 import binascii
 import datetime as dt
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,9 +202,10 @@ def cursor_decode(token: str | None, sort: str) -> tuple[Any, ...] | None:
     return (*keys, pk)
 
 
-def row_key(mailbox: InventoryMailbox, sort: str) -> tuple[Any, ...]:
+def row_key(mailbox: Mapping[str, Any], sort: str) -> tuple[Any, ...]:
+    """The values of a mailbox's row (``.values()``) that place it in ``sort`` order."""
     columns, _ = sort_columns(sort)
-    return tuple(getattr(mailbox, column) for column in columns)
+    return tuple(mailbox[column] for column in columns)
 
 
 def _after(columns: tuple[str, ...], key: tuple[Any, ...]) -> TupleGreaterThan:
@@ -216,7 +218,7 @@ def _before(columns: tuple[str, ...], key: tuple[Any, ...]) -> TupleLessThan:
 
 @dataclass(frozen=True)
 class InventoryPage:
-    mailboxes: list[InventoryMailbox]
+    mailboxes: list[dict[str, Any]]  # each mailbox's LIST_COLUMNS, read as plain values
     next_cursor: str | None  # pass as ?after= for the next page
     previous_cursor: str | None  # pass as ?before= for the previous page
 
@@ -250,7 +252,7 @@ def inventory_page(
     backwards = [column if descending else f"-{column}" for column in columns]
     # "Later in the list" is "greater" ascending and "smaller" descending.
     later, earlier = (_before, _after) if descending else (_after, _before)
-    rows_query = mailboxes.select_related("annotation").only(*LIST_COLUMNS)
+    rows_query = mailboxes.values(*LIST_COLUMNS)
 
     if before is not None:
         rows = list(rows_query.filter(earlier(columns, before)).order_by(*backwards)[: size + 1])

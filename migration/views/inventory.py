@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from migration.forms.inventory import InventoryFilterForm
-from migration.models import Classification, InventoryMailbox, Readiness
+from migration.models import Classification, InventoryMailbox, OwnerType, Readiness
 from migration.selectors import inventory as selectors
 from migration.selectors.timeline import mailbox_timeline
 from portal.accounts.roles import perm
@@ -94,22 +94,25 @@ class ListRow:
     removed: bool
 
 
-def _list_row(mailbox: InventoryMailbox) -> ListRow:
-    annotation = getattr(mailbox, "annotation", None)
-    owner = str(mailbox.get_owner_type_display())
-    if mailbox.owner_name and mailbox.owner_name != mailbox.name:
-        owner = f"{owner}: {mailbox.owner_name}"
+_OWNER_TYPE_LABELS = {value: str(label) for value, label in OwnerType.choices}
+
+
+def _list_row(mailbox: dict[str, Any]) -> ListRow:
+    """A row from a mailbox's ``LIST_COLUMNS`` (``inventory_page``)."""
+    owner = _OWNER_TYPE_LABELS.get(mailbox["owner_type"], mailbox["owner_type"])
+    if mailbox["owner_name"] and mailbox["owner_name"] != mailbox["name"]:
+        owner = f"{owner}: {mailbox['owner_name']}"
     return ListRow(
-        mailbox_id=mailbox.pk,
-        name=mailbox.name,
+        mailbox_id=mailbox["id"],
+        name=mailbox["name"],
         owner=owner,
-        email_address=mailbox.email_address,
-        team_name=mailbox.team_name,
-        business_unit_name=mailbox.business_unit_name,
-        classification=classification_tag(mailbox.classification),
-        readiness=readiness_tag(mailbox.readiness),
-        excluded=bool(annotation and annotation.excluded),
-        removed=mailbox.removed_at is not None,
+        email_address=mailbox["email_address"],
+        team_name=mailbox["team_name"],
+        business_unit_name=mailbox["business_unit_name"],
+        classification=classification_tag(mailbox["classification"]),
+        readiness=readiness_tag(mailbox["readiness"]),
+        excluded=bool(mailbox["annotation__excluded"]),
+        removed=mailbox["removed_at"] is not None,
     )
 
 
