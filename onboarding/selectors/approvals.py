@@ -427,7 +427,7 @@ def inbox_rows(
     if not ids:
         return []
     query = compiled_sql.compiled(
-        ("inbox rows", len(ids)), lambda: RequestStage.objects.filter(pk__in=ids).values_list(*_ROW_COLUMNS)
+        ("inbox rows", len(ids)), lambda: RequestStage.objects.filter(pk__in=ids).order_by().values_list(*_ROW_COLUMNS)
     )
     found = {row[0]: row for row in compiled_sql.rows(query, ids)}
     names = {person.pk: person.display_name for person in people}
