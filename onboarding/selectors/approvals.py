@@ -158,18 +158,19 @@ def _approved_by_q(person_ids: Iterable[int]) -> Q:
     stands approved by (or on behalf of) one of ``person_ids``.
 
     A waiting stage is never the approved one, so "another stage" needs no comparison with the
-    stage itself; the approvals are then read once, not once per stage.
+    stage itself, and the approvals are read once, not once per stage. An approved stage records
+    who decided it (``decided_by``, its latest decision's maker); only approvals given on someone's
+    behalf need the decisions themselves.
     """
     ids = list(person_ids)
+    decided = RequestStage.objects.filter(status=StageStatus.APPROVED, decided_by_id__in=ids).values("request_id")
     later_on_its_stage = Decision.objects.filter(stage_id=OuterRef("stage_id"), pk__gt=OuterRef("pk"))
-    approved_requests = (
-        Decision.objects.filter(
-            Q(decided_by_id__in=ids) | Q(on_behalf_of_id__in=ids), stage__status=StageStatus.APPROVED
-        )
+    for_them = (
+        Decision.objects.filter(on_behalf_of_id__in=ids, stage__status=StageStatus.APPROVED)
         .filter(~Exists(later_on_its_stage))
         .values("request_id")
     )
-    return Q(request_id__in=approved_requests)
+    return Q(request_id__in=decided) | Q(request_id__in=for_them)
 
 
 def _eligible_q(user: User, people: list[User]) -> Q:
