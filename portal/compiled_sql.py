@@ -29,31 +29,55 @@ class Compiled:
     params: tuple[Any, ...]
     compiler: SQLCompiler
     converters: dict
+    # Where each stand-in value sits among ``params``, and whether the database's adapter wrote it
+    # as text there (as SQLite's does dates).
+    slots: tuple[tuple[tuple[int, bool], ...], ...]
 
 
 _compiled: dict[Hashable, Compiled] = {}
 
 
-def compiled(key: Hashable, build: Callable[[], QuerySet]) -> Compiled:
-    """What ``build()``'s query compiles to, worked out the first time ``key`` is seen."""
+def compiled(key: Hashable, build: Callable[[], QuerySet], stand_ins: Sequence[Any] = ()) -> Compiled:
+    """What ``build()``'s query compiles to, worked out the first time ``key`` is seen.
+
+    ``build`` may use ``stand_ins`` (values no real row has) where a caller's values go: ``rows``
+    then puts the caller's values in their places.
+    """
     found = _compiled.get(key)
     if found is None:
         queryset = build()
         compiler = queryset.query.get_compiler(queryset.db)
         sql, params = compiler.as_sql()
         converters = compiler.get_converters([column for column, _, _ in compiler.select[: compiler.col_count]])
-        found = Compiled(sql=sql, params=tuple(params), compiler=compiler, converters=converters)
+        slots = tuple(
+            tuple(
+                (i, param == str(stand_in))
+                for i, param in enumerate(params)
+                if param == stand_in or param == str(stand_in)
+            )
+            for stand_in in stand_ins
+        )
+        if not all(slots):
+            raise ValueError(f"The query for {key!r} does not use every stand-in value it was given.")
+        found = Compiled(sql=sql, params=tuple(params), compiler=compiler, converters=converters, slots=slots)
         if len(_compiled) >= _LIMIT:
             _compiled.clear()
         _compiled[key] = found
     return found
 
 
-def rows(query: Compiled, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
-    """The rows ``query`` returns, with its own parameters or ``params`` in their place, as the
-    ORM would give them (``values_list``)."""
+def rows(query: Compiled, params: Sequence[Any] | None = None, *, values: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """The rows ``query`` returns as the ORM would give them (``values_list``): with its own
+    parameters, all of them replaced by ``params``, or its stand-ins replaced by ``values``."""
+    if params is None:
+        params = query.params
+        if values:
+            params = list(params)
+            for positions, value in zip(query.slots, values, strict=True):
+                for position, as_text in positions:
+                    params[position] = str(value) if as_text else value
     with connections[query.compiler.using].cursor() as cursor:
-        cursor.execute(query.sql, query.params if params is None else params)
+        cursor.execute(query.sql, params)
         fetched = cursor.fetchall()
     if query.converters:
         return [tuple(row) for row in query.compiler.apply_converters(fetched, query.converters)]
