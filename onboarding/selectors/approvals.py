@@ -18,6 +18,11 @@ Separation of duties:
 ``stages_awaiting`` (the inbox, in SQL) and ``decision_eligibility`` (one stage,
 with a reason in plain English) apply the same rules through the same query
 pieces, so what a person sees in their inbox is exactly what they may decide.
+The one piece written twice is "approved another stage": the inbox reads it once
+for all waiting stages (``_approved_by_q``), the single check per stage
+(``_approved_elsewhere_q``); ``tests/onboarding/test_approval_selectors.py`` holds
+the inbox, ``inbox_keys`` and the single check to the same answers for every
+person and stage of a busy little world.
 """
 
 from __future__ import annotations
