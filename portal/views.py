@@ -5,6 +5,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpResponseServerError
 from django.shortcuts import render
 from django.template import loader
+from django.views.decorators.http import require_safe
 
 from portal.decorators import require_permission
 from portal.navigation import navigation_for
@@ -18,6 +19,7 @@ ROLE_SUMMARIES = {
 }
 
 
+@require_safe
 @login_required
 def home(request):
     sections = [item for item in navigation_for(request) if item.label in ROLE_SUMMARIES]
@@ -29,6 +31,7 @@ def home(request):
     )
 
 
+@require_safe
 @require_permission("administer_platform")
 def platform(request):
     from onboarding.selectors.provisioning import provisioning_run_counts
@@ -40,10 +43,12 @@ def platform(request):
     )
 
 
+@require_safe
 def accessibility(request):
     return render(request, "portal/accessibility.html")
 
 
+@require_safe
 def cookies(request):
     return render(request, "portal/cookies.html")
 

@@ -13,7 +13,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_safe
 
 from .entra import EntraSignInError, entra_sign_in_complete, entra_sign_in_start, entra_sign_out_url
 from .forms import SignInForm
@@ -139,6 +139,7 @@ def sign_out(request):
     return render(request, "accounts/sign_out.html")
 
 
+@require_safe
 @never_cache
 def signed_out(request):
     via_entra = request.session.pop(SIGNED_OUT_METHOD_SESSION_KEY, "") == "entra"
