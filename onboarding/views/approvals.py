@@ -85,7 +85,7 @@ def approval_decision(request: HttpRequest, stage_id: int) -> HttpResponse:
     eligibility = decision_eligibility(request.user, stage)
     if not eligibility.allowed:
         raise Http404
-    form = DecisionForm(request.POST or None, reason_required=stage.reason_required)
+    form = DecisionForm(request.POST if request.method == "POST" else None, reason_required=stage.reason_required)
     if request.method == "POST" and form.is_valid():
         try:
             decision = services.approval_decide(
@@ -132,7 +132,7 @@ def approval_decision(request: HttpRequest, stage_id: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @require_permission("decide_approvals")
 def out_of_office(request: HttpRequest) -> HttpResponse:
-    form = DelegationForm(request.POST or None)
+    form = DelegationForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         try:
             delegation = services.delegation_create(
@@ -228,7 +228,7 @@ def _save_stage_form(request: HttpRequest, form: ApprovalStageForm, save) -> Htt
 @require_http_methods(["GET", "POST"])
 @require_permission("administer_platform")
 def approval_stage_add(request: HttpRequest) -> HttpResponse:
-    form = ApprovalStageForm(request.POST or None, initial={"sla_hours": 48})
+    form = ApprovalStageForm(request.POST if request.method == "POST" else None, initial={"sla_hours": 48})
     done = _save_stage_form(request, form, services.approval_stage_create)
     if done:
         return done
@@ -243,7 +243,9 @@ def approval_stage_add(request: HttpRequest) -> HttpResponse:
 @require_permission("administer_platform")
 def approval_stage_change(request: HttpRequest, stage_id: int) -> HttpResponse:
     stage = _get_configured_stage(stage_id)
-    form = ApprovalStageForm(request.POST or None, initial=ApprovalStageForm.initial_for(stage))
+    form = ApprovalStageForm(
+        request.POST if request.method == "POST" else None, initial=ApprovalStageForm.initial_for(stage)
+    )
 
     def save(**values):
         return services.approval_stage_update(stage_id=stage.pk, **values)

@@ -69,7 +69,7 @@ def provisioning_step_done(request, run_id: int, step_id: int):
     if not step_view.can_mark_done:
         messages.error(request, "Only the step that needs attention can be marked as done by hand.")
         return redirect("onboarding:provisioning_run", run_id=run_id)
-    form = StepDoneForm(request.POST or None)
+    form = StepDoneForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         try:
             services.provisioning_mark_step_done(actor=request.user, step_id=step_id, note=form.cleaned_data["note"])

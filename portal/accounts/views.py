@@ -58,7 +58,7 @@ def sign_in(request):
     next_url = request.POST.get("next") or request.GET.get("next", "")
     if request.user.is_authenticated and request.method == "GET":
         return redirect(_safe_next(request, next_url))
-    form = SignInForm(request.POST or None, initial={"next": next_url})
+    form = SignInForm(request.POST if request.method == "POST" else None, initial={"next": next_url})
     status = 200
     if request.method == "POST" and form.is_valid():
         try:

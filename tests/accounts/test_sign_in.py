@@ -33,8 +33,10 @@ def test_wrong_password_gets_an_error_summary_and_an_audited_failure(client, req
 
 
 @pytest.mark.django_db
-def test_empty_fields_get_govuk_messages(client):
-    html = client.post(reverse("accounts:sign_in"), {"username": "", "password": ""}).content.decode()
+@pytest.mark.parametrize("sent", [{"username": "", "password": ""}, {}], ids=["empty fields", "nothing at all"])
+def test_empty_fields_get_govuk_messages(sent, client):
+    html = client.post(reverse("accounts:sign_in"), sent).content.decode()
+    assert "govuk-error-summary" in html
     assert "Enter your username" in html
     assert "Enter your password" in html
     assert not AuditEvent.objects.exists()

@@ -133,11 +133,13 @@ def test_a_missing_reason_gets_an_error_summary(cast, route, client_for):
     assert not Decision.objects.exists()
 
 
-def test_a_missing_outcome_gets_an_error_summary(cast, route, client_for):
+@pytest.mark.parametrize("sent", [{"reason": "Hmm"}, {}], ids=["reason only", "nothing at all"])
+def test_a_missing_outcome_gets_an_error_summary(sent, cast, route, client_for):
     request = submit(draft_for(cast))
-    response = client_for(cast.owner).post(decision_url(waiting_stage(request)), {"reason": "Hmm"})
+    response = client_for(cast.owner).post(decision_url(waiting_stage(request)), sent)
     page = text(response)
     assert "govuk-error-summary" in page and "Select whether to approve, reject or return the request" in page
+    assert not Decision.objects.exists()
 
 
 def test_the_slower_of_two_approvers_is_told_who_decided(cast, route, client_for):
