@@ -652,3 +652,14 @@ def run_client_process(script: str, spec: dict) -> dict:
         cwd=ROOT,
     )
     return json.loads(client.stdout.strip().splitlines()[-1])
+
+
+def print_page_figures(results: dict[str, dict], *, width: int) -> int:
+    """One line per page, then the JSON line; the exit status: 0 when no page had an error."""
+    for page, figures in results.items():
+        print(
+            f"{page:{width}} p50 {figures['p50_ms']:7.1f} ms  p95 {figures['p95_ms']:7.1f} ms  "
+            f"p99 {figures['p99_ms']:7.1f} ms  {figures['rps']:6.1f} req/s  errors {figures['errors']}"
+        )
+    print(json.dumps({"pages": results}), flush=True)
+    return 0 if all(figures["errors"] == 0 for figures in results.values()) else 1

@@ -34,6 +34,7 @@ from common import (
     latency_stats,
     load_inventory,
     page_ok,
+    print_page_figures,
     run_client_process,
     served_by_gunicorn,
     signed_in_cookie,
@@ -135,13 +136,7 @@ def main() -> int:
         f"{args.mailboxes:,} mailboxes, gunicorn with {args.workers} workers, {args.requests} requests per page, "
         f"concurrent runs with {args.concurrency} at once, {os.cpu_count()} CPUs"
     )
-    for page, figures in results.items():
-        print(
-            f"{page:26} p50 {figures['p50_ms']:7.1f} ms  p95 {figures['p95_ms']:7.1f} ms  "
-            f"p99 {figures['p99_ms']:7.1f} ms  {figures['rps']:6.1f} req/s  errors {figures['errors']}"
-        )
-    print(json.dumps({"pages": results}), flush=True)
-    return 0 if all(figures["errors"] == 0 for figures in results.values()) else 1
+    return print_page_figures(results, width=26)
 
 
 if __name__ == "__main__":

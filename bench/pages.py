@@ -45,6 +45,7 @@ from common import (
     latency_stats,
     load_inventory,
     page_ok,
+    print_page_figures,
     run_client_process,
     served_by_gunicorn,
     signed_in_cookie,
@@ -532,13 +533,7 @@ def main() -> int:
         f"{'rows drawn on every request' if args.draw_every_time else 'drawn rows kept for the next request'}; "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end"
     )
-    for page, figures in results.items():
-        print(
-            f"{page:22} p50 {figures['p50_ms']:7.1f} ms  p95 {figures['p95_ms']:7.1f} ms  "
-            f"p99 {figures['p99_ms']:7.1f} ms  {figures['rps']:6.1f} req/s  errors {figures['errors']}"
-        )
-    print(json.dumps({"pages": results}), flush=True)
-    return 0 if all(figures["errors"] == 0 for figures in results.values()) else 1
+    return print_page_figures(results, width=22)
 
 
 if __name__ == "__main__":

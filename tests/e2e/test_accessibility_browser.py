@@ -26,6 +26,7 @@ from playwright.sync_api import Browser as PlaywrightBrowser
 from playwright.sync_api import Page
 
 from tests.browser import ARTIFACTS, axe_violations, chromium, screenshot
+from tests.e2e.test_mailbox_health_browser import check_health_now
 from tests.e2e.test_mailbox_request_journey import Browser
 from tests.e2e.test_migration_wave_journey import wait_for
 from tests.portal.test_run_command import run_portal
@@ -309,19 +310,7 @@ def _platform_admin_pages(b: Browser, audit: AccessibilityAudit, reference: str)
     audit.visit(page, "/policy/thresholds/", "policy section form", role)
 
     # Mailbox health after a sync: alerts, one alert, a team's and a mailbox's charts, tracking rules.
-    page.goto(f"{base}/health/")
-    page.get_by_role("button", name="Check Dynamics 365 now").click()
-    wait_for(
-        page,
-        lambda: (
-            page.goto(f"{base}/health/")
-            and "Last read from Dynamics 365" in page.content()
-            and "is queued now" not in page.content()
-            and "is running now" not in page.content()
-        ),
-        timeout=120,
-        what="the health sync",
-    )
+    check_health_now(page, base, timeout=120, until_changed=False)
     audit.check(page, "health alerts", role)
     audit.visit(page, _first_link(page, r"/health/alerts/\d+/"), "health alert", role)
     audit.visit(page, "/health/mailboxes/", "mailbox health list", role)
