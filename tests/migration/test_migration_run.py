@@ -158,7 +158,9 @@ def test_a_mailbox_is_read_once_before_its_changes_and_once_when_its_test_has_fi
     m365_settings, fresh_sim, redis_queue, migration_lead
 ):
     # Every request spends the application user's budget: reads the job has just made are not made again.
-    prepare(fresh_sim, test_enable_delay=0.3, poll_seconds=1)
+    # RQ keeps scheduled times in whole seconds, so a poll asked for in 2 s may come after 1 s: still
+    # well after the simulated test's 0.3 s. (Asked for in 1 s, it could come at once, before it.)
+    prepare(fresh_sim, test_enable_delay=0.3, poll_seconds=2)
     row = legacy(fresh_sim, owner="systemuser")[0]
     wave = running_wave([row], creator=migration_lead)
     since = fresh_sim.last_seq()
